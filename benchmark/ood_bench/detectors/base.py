@@ -1,0 +1,66 @@
+"""The detector contract: parameters in ``__init__``, ``fit`` on in-distribution data, per-example ``score``.
+
+Follows scikit-learn and pytorch-ood in spirit. Every score is float64, one value per example,
+**higher = more OOD**. A detector may return several named outputs (e.g. ``llr_k1``, ``llr_k2``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ood_bench.data.imageset import ImageSet
+from ood_bench.numerics import example_generators
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A slice of one evaluation set, with what a detector needs to seed per-example randomness."""
+
+    images: torch.Tensor  # uint8 (B, C, H, W), CPU
+    indices: np.ndarray  # positions of these examples in their set
+    set_fingerprint: str
+    seed: int
+
+    def generators(self, purpose: str) -> list[torch.Generator]:
+        """One generator per example; the same example always gets the same stream for a purpose."""
+        return example_generators(self.seed, self.set_fingerprint, self.indices.tolist(), purpose)
+
+
+class Detector:
+    """Base class for detectors. Subclasses set ``name`` and implement ``outputs`` and ``score``.
+
+    Bump ``version`` whenever a change alters the scores: it is part of the cache key.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    uses_auxiliary_data: ClassVar[bool] = False
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters and their current values (hashed into the cache key)."""
+        sig = inspect.signature(type(self).__init__)
+        return {p: getattr(self, p) for p in sig.parameters if p != "self"}
+
+    def fit(self, backbone: torch.nn.Module, id_train: ImageSet) -> Detector:
+        """Learn whatever the score needs from in-distribution training data. Default: keep the backbone."""
+        self.backbone_ = backbone
+        return self
+
+    def outputs(self) -> list[str]:
+        """Names of the per-example scores this detector returns (known after ``fit``)."""
+        raise NotImplementedError
+
+    def score(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Per-example float64 scores for every output, higher = more OOD."""
+        raise NotImplementedError
+
+    def _model_input(self, batch: Batch) -> torch.Tensor:
+        """The batch as the backbone sees it; Bernoulli backbones binarise with a fixed per-example draw."""
+        model = self.backbone_
+        device = next(model.parameters()).device
+        return model.prepare(batch.images.to(device), batch.generators("input"))

@@ -1,0 +1,61 @@
+"""Turn a suite's dataset references into the in-memory sets a run trains and evaluates on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ood_bench.data import ImageSet, apply_transforms, conform, load_split, split_validation, subset
+from ood_bench.errors import DatasetMissing
+from ood_bench.suite.schema import DatasetRef, Suite
+
+
+@dataclass
+class SuiteData:
+    """Training data, the ID reference set, and every evaluation set of a suite, by display label."""
+
+    train: ImageSet
+    val: ImageSet
+    id_label: str
+    eval_sets: dict[str, ImageSet]  # label -> set; includes the ID test set
+    roles: dict[str, str]  # label -> "id" | "ood" | "sanity"
+    missing: list[dict[str, str]] = field(default_factory=list)
+
+
+def _load(ref: DatasetRef, split: str) -> ImageSet:
+    images = load_split(ref.dataset, split, params=ref.params, download=False)
+    return apply_transforms(images, [{"name": t.name, **t.params} for t in ref.transforms])
+
+
+def resolve(suite: Suite, strict: bool = False) -> SuiteData:
+    """Load every set of ``suite``. A missing OOD set is recorded (or raised when ``strict``)."""
+    ref = suite.in_distribution
+    cap = suite.evaluation.max_examples
+    full_train = _load(ref, ref.train_split)
+    train, val = split_validation(full_train, ref.validation_size, ref.split_seed)
+    if ref.max_train_examples:
+        train = subset(train, ref.max_train_examples, ref.split_seed)
+    id_label = ref.label or ref.dataset
+    id_test = _load(ref, ref.split)
+    id_cap = ref.max_examples or cap
+    if id_cap:
+        id_test = subset(id_test, id_cap, ref.split_seed)
+    eval_sets = {id_label: id_test}
+    roles = {id_label: "id"}
+    missing: list[dict[str, str]] = []
+    for ood in suite.ood:
+        label = ood.display_name
+        try:
+            images = conform(_load(ood, ood.split), train.shape)
+        except DatasetMissing as exc:
+            if strict:
+                raise
+            missing.append({"ood_set": label, "reason": str(exc), "fetch_command": exc.fetch_command})
+            continue
+        n = ood.max_examples or cap
+        eval_sets[label] = subset(images, n, ref.split_seed) if n else images
+        roles[label] = "ood"
+    if suite.evaluation.sanity:
+        label = f"{id_label}-train (sanity)"
+        eval_sets[label] = subset(train, len(id_test), ref.split_seed)
+        roles[label] = "sanity"
+    return SuiteData(train, val, id_label, eval_sets, roles, missing)

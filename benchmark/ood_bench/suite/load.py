@@ -1,0 +1,176 @@
+"""Read a suite file, apply a budget profile, and validate it down to registered names and parameters.
+
+Every problem becomes one UserError paragraph that names the field, says what was wrong and lists
+the allowed values; the CLI turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ood_bench.errors import UserError
+from ood_bench.suite.schema import Suite
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged into a copy of ``base``; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_suite_file(path: Path) -> tuple[dict[str, Any], str]:
+    """The raw mapping of a suite file and the sha256 of its bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Suite file '{path}' does not exist. Pass the path of a suite YAML file, e.g. suites/fmnist.yaml.")
+    data = path.read_bytes()
+    try:
+        raw = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise UserError(f"Suite file '{path}' is not valid YAML: {exc}. Fix the syntax and run again.") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"Suite file '{path}' must hold a mapping of suite fields at the top level, "
+                        f"got {type(raw).__name__}. See suites/fmnist.yaml for the format.")
+    return raw, hashlib.sha256(data).hexdigest()
+
+
+def load_suite(path: Path, profile: str = "cpu") -> tuple[Suite, str]:
+    """Validate a suite file under ``profile``; returns the suite and the sha256 of the file."""
+    raw, digest = read_suite_file(path)
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise UserError(f"{path}: field 'profiles' must map profile names to overrides, got {type(profiles).__name__}.")
+    if profile in profiles:
+        if not isinstance(profiles[profile], dict):
+            raise UserError(f"{path}: profile '{profile}' must be a mapping of overrides.")
+        raw = deep_merge(raw, profiles[profile])
+    elif profile != "cpu":  # the base settings are the cpu profile unless the suite overrides them
+        allowed = ", ".join(sorted(set(profiles) | {"cpu"}))
+        raise UserError(f"{path}: unknown profile '{profile}'. Profiles of this suite: {allowed}.")
+    raw["profile"] = profile
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{path} is not a valid suite: {format_validation_error(exc)}") from None
+    check_references(suite, path)
+    return suite, digest
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """All pydantic errors as one paragraph: field path, problem, allowed keys where relevant."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            parts.append(f"field '{loc}' is not a known key (allowed keys here: {', '.join(allowed)})")
+        elif err["type"] == "missing":
+            parts.append(f"field '{loc}' is required but missing")
+        else:
+            parts.append(f"field '{loc}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts) + ". Fix the field(s) and run again."
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The field names accepted at a location of the suite schema."""
+    model: Any = Suite
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            model = _inner(model)
+            if isinstance(part, int):
+                continue
+        if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            model = _inner(model.model_fields[part].annotation)
+        else:
+            model = _inner(model)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    return []
+
+
+def _inner(annotation: Any) -> Any:
+    """Unwrap ``X | None``, ``list[X]`` and ``dict[str, X]`` down to X."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict, typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _inner(args[-1]) if args else annotation
+    return annotation
+
+
+def check_references(suite: Suite, path: Path) -> None:
+    """Check names against the registries and parameters against their owners' signatures."""
+    from ood_bench.data import TRANSFORMS, available_datasets
+    from ood_bench.metrics import METRICS
+    from ood_bench.models.training import TrainConfig
+    from ood_bench.registry import registry
+
+    def fail(field: str, problem: str, allowed: Any = None) -> None:
+        hint = f" Allowed values: {', '.join(sorted(allowed))}." if allowed is not None else ""
+        raise UserError(f"{path} is not a valid suite: field '{field}': {problem}.{hint} Fix the field and run again.")
+
+    datasets = available_datasets()
+    refs = [("in_distribution", suite.in_distribution)] + [(f"ood.{i}", r) for i, r in enumerate(suite.ood)]
+    for field, ref in refs:
+        if ref.dataset not in datasets:
+            fail(f"{field}.dataset", f"unknown dataset '{ref.dataset}'", datasets)
+        for j, t in enumerate(ref.transforms):
+            if t.name not in TRANSFORMS:
+                fail(f"{field}.transforms.{j}", f"unknown transform '{t.name}'", TRANSFORMS)
+    labels = [r.display_name for r in suite.ood]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        fail("ood", f"two OOD entries share the name {duplicates}; give one of them a distinct 'label'")
+
+    backbones = registry("backbones")
+    for name, spec in suite.backbones.items():
+        if spec.kind not in backbones.entries:
+            fail(f"backbones.{name}.kind", f"unknown backbone kind '{spec.kind}'", backbones.entries)
+        try:
+            backbones.entries[spec.kind].validate_params(spec.params)
+        except (ValueError, TypeError) as exc:
+            fail(f"backbones.{name}.params", str(exc))
+        try:
+            TrainConfig.validate(spec.train)
+        except (ValueError, TypeError) as exc:
+            fail(f"backbones.{name}.train", str(exc))
+
+    detectors = registry("detectors")
+    for name, spec in suite.detectors.items():
+        kind = spec.detector or name
+        if kind not in detectors.entries:
+            fail(f"detectors.{name}.detector", f"unknown detector '{kind}'", detectors.entries)
+        if spec.backbone not in suite.backbones:
+            fail(f"detectors.{name}.backbone", f"'{spec.backbone}' is not a backbone defined in this suite",
+                 suite.backbones)
+        build_detector(detectors.entries[kind], spec.params, f"{path}: field 'detectors.{name}.params'")
+
+    for i, metric in enumerate(suite.metrics):
+        if metric not in METRICS:
+            fail(f"metrics.{i}", f"unknown metric '{metric}'", METRICS)
+
+
+def build_detector(cls: type, params: dict[str, Any], where: str):
+    """Instantiate a detector class, turning bad parameters into a UserError that lists the allowed ones."""
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise UserError(f"{where}: unknown parameter(s) {', '.join(unknown)} for detector '{cls.name}'. "
+                        f"Allowed parameters: {', '.join(allowed) or '(none)'}.")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: invalid parameters for detector '{cls.name}': {exc}.") from None

@@ -1,0 +1,71 @@
+"""Read a finished run back from its directory: the plan in run.json and the scores in scores.h5.
+
+``show``, ``compare`` and the runner's own leaderboard all go through :func:`records_from_cache`, so a
+table is always computed the same way, from cached scores alone (no model is loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ood_bench.cache.store import ScoreStore
+from ood_bench.errors import UserError
+from ood_bench.metrics import compute_metrics
+
+PLAN_NAME = "run.json"
+
+
+def write_plan(run_dir: Path, plan: dict[str, Any]) -> Path:
+    """Write run.json atomically."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / PLAN_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(plan, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def read_plan(run_dir: Path) -> dict[str, Any]:
+    """The plan of a run directory, or a UserError saying how to make one."""
+    path = Path(run_dir) / PLAN_NAME
+    if not path.is_file():
+        raise UserError(f"'{run_dir}' is not an ood-bench run directory (no {PLAN_NAME}). Pass a directory "
+                        f"written by `ood-bench run SUITE`, e.g. results/fmnist.")
+    return json.loads(path.read_text())
+
+
+def records_from_cache(run_dir: Path) -> pd.DataFrame:
+    """Tidy metric records (one row per detector output x seed x OOD set x metric) from cached scores."""
+    run_dir = Path(run_dir)
+    plan = read_plan(run_dir)
+    store = ScoreStore(run_dir)
+    id_label = plan["id_set"]
+    rows = []
+    for ev in plan["evaluations"]:
+        id_scores = store.get(ev["keys"][id_label])
+        if id_scores is None:
+            raise UserError(f"Scores of {ev['detector']} on {id_label} are missing from {store.path}; "
+                            f"run the suite again to compute them.")
+        for set_label, key in ev["keys"].items():
+            if set_label == id_label:
+                continue
+            ood_scores = store.get(key)
+            if ood_scores is None:
+                raise UserError(f"Scores of {ev['detector']} on {set_label} are missing from {store.path}; "
+                                f"run the suite again to compute them.")
+            for output in sorted(ood_scores):
+                values = compute_metrics(id_scores[output], ood_scores[output], plan["metrics"],
+                                         balanced=plan["balanced"], seed=ev["seed"])
+                for metric, value in values.items():
+                    rows.append({
+                        "detector": ev["detector"], "backbone": ev["backbone"], "output": output,
+                        "params": ev["params_str"], "uses_auxiliary_data": ev["uses_auxiliary_data"],
+                        "seed": ev["seed"], "ood_set": set_label, "metric": metric, "value": value,
+                    })
+    return pd.DataFrame(rows, columns=["detector", "backbone", "output", "params", "uses_auxiliary_data",
+                                       "seed", "ood_set", "metric", "value"])
