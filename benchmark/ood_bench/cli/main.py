@@ -80,10 +80,8 @@ def _show(args: argparse.Namespace, console: Console) -> int:
     from ood_bench.suite.results import read_plan, records_from_cache
 
     plan = read_plan(args.run_dir)
-    table = leaderboard_table(records_from_cache(args.run_dir), plan["metrics"])
+    table = leaderboard_table(records_from_cache(args.run_dir), plan["metrics"], missing=plan["missing"])
     print_table(table, console, title=f"{plan['suite']} ({plan['profile']} profile)")
-    for m in plan["missing"]:
-        console.print(f"missing: {m['ood_set']} - `{m['fetch_command']}`")
     return 0
 
 
