@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="checkpoint cache (default: $OOD_BENCH_CHECKPOINTS or <results>/checkpoints)")
     run.add_argument("--batch-size", type=int, default=None, help="scoring batch size (scores do not depend on it)")
     run.add_argument("--strict", action="store_true", help="fail instead of skipping unavailable OOD datasets")
+    run.add_argument("--offline", action="store_true",
+                     help="never download; use only the data dir, OOD_BENCH_MIRROR and OS packages")
 
     show = sub.add_parser("show", help="print the leaderboard of a cached run")
     show.add_argument("run_dir", type=Path)
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub.add_parser("list", help="every dataset, whether it is available here, and how to get it")
     fetch = data_sub.add_parser("fetch", help="download (or copy from OOD_BENCH_MIRROR) and verify datasets")
     fetch.add_argument("names", nargs="+")
+    fetch.add_argument("--allow-unverified", action="store_true",
+                       help="accept a download that has no published checksum (plugins only)")
     verify = data_sub.add_parser("verify", help="re-hash local dataset files against their checksums")
     verify.add_argument("names", nargs="*")
     return parser
@@ -71,7 +75,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
     run_suite(args.suite, profile=args.profile, device=args.device, results_root=args.results,
-              strict=args.strict, batch_size=args.batch_size, checkpoint_dir=args.checkpoints, console=console)
+              strict=args.strict, download=not args.offline, batch_size=args.batch_size, checkpoint_dir=args.checkpoints, console=console)
     return 0
 
 
@@ -128,7 +132,7 @@ def _data(args: argparse.Namespace, console: Console) -> int:
         return 0
     if args.data_command == "fetch":
         for name in args.names:
-            paths = data.fetch(name)
+            paths = data.fetch(name, allow_unverified=args.allow_unverified)
             console.print(f"{name}: {len(paths)} file(s) ready")
         return 0
     bad = 0

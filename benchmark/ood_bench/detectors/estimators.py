@@ -1,16 +1,24 @@
 """Log-likelihood estimators shared by the likelihood-based detectors (spec §1.4, §2, §4).
 
-Every function takes per-example generators so an example's estimate never depends on its batch-mates.
-All results are in nats, float64, one value per example.
+Every estimate uses one random stream per example (``Batch.generators``), so an example's value never
+depends on its batch-mates. Results are in nats, float64, one value per example.
+
+Estimates are memoised per model object and (set, seed, estimator): when ``likelihood`` and ``llr``
+both need the IWAE bound of the same examples under the same backbone, it is computed once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
+from ood_bench.detectors.base import Batch
 from ood_bench.numerics import log_mean_exp
+
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @torch.inference_mode()
@@ -50,3 +58,31 @@ def bound_above(
     """``(L^{>k}, LL^{>k})``: the bound with z_{<=k} at conditional-prior means, and its log p(x|z_1) term."""
     terms = model.bound(x, model.draw_noise(generators, 1), k=k)
     return terms.bound.double(), terms.log_px.double()
+
+
+def memoised(
+    model: torch.nn.Module,
+    batch: Batch,
+    name: str,
+    compute: Callable[[np.ndarray, Sequence[torch.Generator]], torch.Tensor],
+) -> np.ndarray:
+    """Per-example values of one estimator for ``batch``, computing only those not seen before.
+
+    ``compute(rows, generators)`` estimates the examples at positions ``rows`` of the batch, with one
+    generator each. ``name`` identifies the estimator and its parameters (e.g. ``"iwae16"``): it is both
+    the memo key and the random-stream purpose, so a memoised value equals a recomputed one.
+    """
+    memo = _MEMO.setdefault(model, {}).setdefault((name, batch.set_fingerprint, batch.seed), {})
+    wanted = batch.indices.tolist()
+    rows = np.array([j for j, i in enumerate(wanted) if i not in memo], dtype=np.int64)
+    if rows.size:
+        generators = batch.generators(name)
+        values = compute(rows, [generators[j] for j in rows]).double().cpu().numpy()
+        for j, v in zip(rows.tolist(), values):
+            memo[wanted[j]] = float(v)
+    return np.array([memo[i] for i in wanted], dtype=np.float64)
+
+
+def forget(model: torch.nn.Module) -> None:
+    """Drop every memoised estimate of ``model`` (tests use it to force recomputation)."""
+    _MEMO.pop(model, None)

@@ -42,6 +42,7 @@ class Likelihood(Detector):
         model = self.backbone_
         x = self._model_input(batch)
         dims = math.prod(model.input_shape)
-        elbo = estimators.elbo(model, x, batch.generators("elbo"))
-        iwae = estimators.iwae(model, x, batch.generators("iwae"), self.iwae_samples)
+        elbo = estimators.memoised(model, batch, "elbo", lambda r, g: estimators.elbo(model, x[r], g))
+        iwae = estimators.memoised(model, batch, f"iwae{self.iwae_samples}",
+                                   lambda r, g: estimators.iwae(model, x[r], g, self.iwae_samples))
         return {"elbo_bpd": bits_per_dim(elbo, dims), "iwae_bpd": bits_per_dim(iwae, dims)}

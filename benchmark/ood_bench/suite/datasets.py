@@ -21,21 +21,24 @@ class SuiteData:
     missing: list[dict[str, str]] = field(default_factory=list)
 
 
-def _load(ref: DatasetRef, split: str) -> ImageSet:
-    images = load_split(ref.dataset, split, params=ref.params, download=False)
+def _load(ref: DatasetRef, split: str, download: bool) -> ImageSet:
+    images = load_split(ref.dataset, split, params=ref.params, download=download)
     return apply_transforms(images, [{"name": t.name, **t.params} for t in ref.transforms])
 
 
-def resolve(suite: Suite, strict: bool = False) -> SuiteData:
-    """Load every set of ``suite``. A missing OOD set is recorded (or raised when ``strict``)."""
+def resolve(suite: Suite, strict: bool = False, download: bool = True) -> SuiteData:
+    """Load every set of ``suite``, downloading what is missing when allowed.
+
+    A missing OOD set is recorded with its fetch command (or raised when ``strict``).
+    """
     ref = suite.in_distribution
     cap = suite.evaluation.max_examples
-    full_train = _load(ref, ref.train_split)
+    full_train = _load(ref, ref.train_split, download)
     train, val = split_validation(full_train, ref.validation_size, ref.split_seed)
     if ref.max_train_examples:
         train = subset(train, ref.max_train_examples, ref.split_seed)
     id_label = ref.label or ref.dataset
-    id_test = _load(ref, ref.split)
+    id_test = _load(ref, ref.split, download)
     id_cap = ref.max_examples or cap
     if id_cap:
         id_test = subset(id_test, id_cap, ref.split_seed)
@@ -45,7 +48,7 @@ def resolve(suite: Suite, strict: bool = False) -> SuiteData:
     for ood in suite.ood:
         label = ood.display_name
         try:
-            images = conform(_load(ood, ood.split), train.shape)
+            images = conform(_load(ood, ood.split, download), train.shape)
         except DatasetMissing as exc:
             if strict:
                 raise

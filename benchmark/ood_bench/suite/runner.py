@@ -78,6 +78,7 @@ def run_suite(
     device: str = "cpu",
     results_root: Path = Path("results"),
     strict: bool = False,
+    download: bool = True,
     batch_size: int | None = None,
     checkpoint_dir: Path | None = None,
     console: Console | None = None,
@@ -94,7 +95,7 @@ def run_suite(
     console.print(f"[bold]ood-bench[/] suite [cyan]{suite.name}[/] profile [cyan]{profile}[/] device [cyan]{device}[/]")
 
     t0 = time.perf_counter()
-    data = resolve(suite, strict=strict)
+    data = resolve(suite, strict=strict, download=download)
     stats.wall_s["load_data"] = time.perf_counter() - t0
     for m in data.missing:
         console.print(f"[yellow]skipping {m['ood_set']}[/]: not available offline - `{m['fetch_command']}`")
