@@ -75,7 +75,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
     run_suite(args.suite, profile=args.profile, device=args.device, results_root=args.results,
-              strict=args.strict, download=not args.offline, batch_size=args.batch_size, checkpoint_dir=args.checkpoints, console=console)
+              strict=args.strict, download=not args.offline, batch_size=args.batch_size,
+              checkpoint_dir=args.checkpoints, console=console)
     return 0
 
 

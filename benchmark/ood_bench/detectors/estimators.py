@@ -78,7 +78,7 @@ def memoised(
     if rows.size:
         generators = batch.generators(name)
         values = compute(rows, [generators[j] for j in rows]).double().cpu().numpy()
-        for j, v in zip(rows.tolist(), values):
+        for j, v in zip(rows.tolist(), values, strict=True):
             memo[wanted[j]] = float(v)
     return np.array([memo[i] for i in wanted], dtype=np.float64)
 

@@ -36,7 +36,8 @@ def read_suite_file(path: Path) -> tuple[dict[str, Any], str]:
     """The raw mapping of a suite file and the sha256 of its bytes."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Suite file '{path}' does not exist. Pass the path of a suite YAML file, e.g. suites/fmnist.yaml.")
+        raise UserError(f"Suite file '{path}' does not exist. "
+                        f"Pass the path of a suite YAML file, e.g. suites/fmnist.yaml.")
     data = path.read_bytes()
     try:
         raw = yaml.safe_load(data)

@@ -89,7 +89,8 @@ def run_suite(
     suite, suite_hash = load_suite(suite_path, profile)
     device = resolve_device(device)
     run_dir = Path(results_root) / suite.name
-    checkpoint_dir = Path(checkpoint_dir or os.environ.get("OOD_BENCH_CHECKPOINTS") or Path(results_root) / "checkpoints")
+    default_checkpoints = os.environ.get("OOD_BENCH_CHECKPOINTS") or Path(results_root) / "checkpoints"
+    checkpoint_dir = Path(checkpoint_dir or default_checkpoints)
     store = ScoreStore(run_dir)
     stats = RunStats()
     console.print(f"[bold]ood-bench[/] suite [cyan]{suite.name}[/] profile [cyan]{profile}[/] device [cyan]{device}[/]")
