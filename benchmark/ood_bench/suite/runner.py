@@ -27,7 +27,7 @@ from ood_bench.cache.store import ScoreStore
 from ood_bench.data import ImageSet
 from ood_bench.detectors.base import Batch, Detector
 from ood_bench.errors import UserError
-from ood_bench.models.checkpoints import TrainedBackbone, train_or_load
+from ood_bench.models.training import TrainedBackbone, train_or_load
 from ood_bench.registry import registry
 from ood_bench.report.leaderboard import write_leaderboard
 from ood_bench.suite import results
@@ -126,7 +126,10 @@ def run_suite(
         },
         "missing": data.missing,
         "evaluations": evaluations,
-        "backbones": {f"{b}/seed{s}": t.metadata_summary() for (b, s), t in trained.items()},
+        "backbones": {
+            f"{b}/seed{s}": {"checkpoint": str(t.path), "sha256": t.checkpoint_hash, "metadata": t.metadata}
+            for (b, s), t in trained.items()
+        },
     }
     stats.wall_s["total"] = time.perf_counter() - started
     provenance = {
@@ -169,7 +172,7 @@ def _backbone(
             seed=seed, device=device, checkpoint_dir=checkpoint_dir, console=console,
         )
         stats.wall_s[f"backbone {label} seed {seed}"] = time.perf_counter() - t0
-        stats.trained_backbones += int(result.trained_now)
+        stats.trained_backbones += int(result.steps_this_call > 0)
         trained[(label, seed)] = result
     return trained[(label, seed)]
 

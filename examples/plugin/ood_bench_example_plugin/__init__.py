@@ -8,7 +8,7 @@ is also the collapse diagnostic of a hierarchical VAE, seen per example.
 from __future__ import annotations
 
 import numpy as np
-
+import torch
 from ood_bench.detectors import Batch, Detector
 
 
@@ -25,6 +25,7 @@ class LatentKL(Detector):
         layers = range(1, self.backbone_.num_latent_layers + 1)
         return ["kl_total"] + [f"kl_z{l}" for l in layers]
 
+    @torch.inference_mode()
     def score(self, batch: Batch) -> dict[str, np.ndarray]:
         model = self.backbone_
         x = self._model_input(batch)

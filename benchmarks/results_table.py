@@ -1,0 +1,73 @@
+"""Write a run's leaderboard next to the papers' reference numbers, as Markdown.
+
+Usage: python benchmarks/results_table.py results/fmnist [--reference benchmarks/reference/seed001_table7_fmnist.csv]
+       [--command "..."] [--wall-time-s N]
+
+Reads the run's leaderboard.csv and run.json (written by `ood-bench run`), so every number it prints
+was measured by that run; the reference columns are cited from the paper named in the CSV header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+# Our output names for the paper's score names (seed 001 notation).
+SCORES = {
+    "L>0": [("likelihood", "iwae_bpd"), ("likelihood", "elbo_bpd")],
+    "L>1": [("llr", "lk1_bpd")],
+    "L>2": [("llr", "lk2_bpd")],
+    "LLR>1": [("llr", "llr_k1"), ("llr", "llr_elbo_k1")],
+    "LLR>2": [("llr", "llr_k2"), ("llr", "llr_elbo_k2")],
+}
+METRICS = ["auroc", "auprc_out", "fpr80_ood_pos"]
+
+
+def comparison(run_dir: Path, reference: Path) -> pd.DataFrame:
+    """One row per (OOD set, our output) with our metrics and the paper's for the matching score."""
+    ours = pd.read_csv(run_dir / "leaderboard.csv")
+    ours = ours[ours["metric"].isin(METRICS)]
+    ref = pd.read_csv(reference, comment="#")
+    sets = list(dict.fromkeys(ours["ood_set"]))
+    rows = []
+    for ood_set in sets:
+        for score, outputs in SCORES.items():
+            paper = ref[(ref["ood_set"] == ood_set) & (ref["score"] == score)]
+            for detector, output in outputs:
+                mine = ours[(ours["ood_set"] == ood_set) & (ours["detector"] == detector)
+                            & (ours["output"] == output)].set_index("metric")["mean"]
+                if mine.empty:
+                    continue
+                row = {"OOD set": ood_set, "score": score, "ours (output)": f"{detector}/{output}"}
+                for m in METRICS:
+                    row[f"{m} ours"] = f"{mine.get(m, float('nan')):.3f}"
+                    row[f"{m} paper"] = f"{paper[m].iloc[0]:.3f}" if not paper.empty else "–"
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--reference", type=Path,
+                        default=Path(__file__).parent / "reference" / "seed001_table7_fmnist.csv")
+    args = parser.parse_args()
+    plan = json.loads((args.run_dir / "run.json").read_text())
+    prov = plan["provenance"]
+    table = comparison(args.run_dir, args.reference)
+    print(f"Suite `{plan['suite']}`, profile `{plan['profile']}`, device {prov['device']}, commit "
+          f"`{prov['git_revision']}`, {prov['machine']}, {prov['date']}.")
+    print(f"Run wall time (inside `ood-bench run`): {prov['wall_s']['total']:.0f} s; phases: "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in prov["wall_s"].items() if k != "total") + ".")
+    if plan["missing"]:
+        print("Not available on this machine (skipped): "
+              + ", ".join(f"{m['ood_set']} (`{m['fetch_command']}`)" for m in plan["missing"]) + ".")
+    print()
+    print(table.to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()

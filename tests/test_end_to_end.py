@@ -1,0 +1,124 @@
+"""End to end on real data: the CLI runs a tiny suite, resumes after kill -9, and recomputes nothing.
+
+Needs FashionMNIST (Debian package) and the offline mirror (OOD_BENCH_MIRROR); skipped otherwise.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from ood_bench.cache.store import ScoreStore
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "suites" / "tiny.yaml"
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("OOD_BENCH_MIRROR") or not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="needs OOD_BENCH_MIRROR and the Debian dataset-fashion-mnist package",
+)
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "ood_bench", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, **kwargs)
+
+
+def all_scores(run_dir: Path) -> dict:
+    store = ScoreStore(run_dir)
+    return {(f["detector_label"], f["set"]): store.get(k) for k, f in store.keys().items()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    t0 = time.perf_counter()
+    proc = cli("run", TINY, "--results", base / "results", "--checkpoints", base / "ckpt")
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return base, base / "results" / "tiny", proc, elapsed
+
+
+def test_first_run_writes_leaderboard_with_real_numbers(first_run):
+    _, run_dir, proc, _ = first_run
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "run.json", "scores.h5"):
+        assert (run_dir / name).is_file(), name
+    plan = json.loads((run_dir / "run.json").read_text())
+    assert plan["provenance"]["trained_backbones"] == 1
+    assert [m["ood_set"] for m in plan["missing"]] == ["kmnist"]
+    md = (run_dir / "leaderboard.md").read_text()
+    assert "ood-bench data fetch kmnist" in md
+    summary = pd.read_csv(run_dir / "leaderboard.csv")
+    auroc = summary[summary["metric"] == "auroc"].set_index(["detector", "output", "ood_set"])["mean"]
+    # Orientation: uniform noise is far off the data manifold, so the likelihood score must flag it.
+    assert auroc[("likelihood", "elbo_bpd", "uniform-noise")] > 0.9
+    # Sanity pair: training vs test images of the same distribution are indistinguishable.
+    assert abs(auroc[("likelihood", "elbo_bpd", "fashionmnist-train (sanity)")] - 0.5) < 0.1
+    scores = all_scores(run_dir)
+    assert scores[("llr", "mnist")]["lk0_bpd"].dtype == np.float64
+    # k = 0 of llr and the ELBO of likelihood share one estimator and one random stream.
+    np.testing.assert_array_equal(scores[("llr", "mnist")]["lk0_bpd"], scores[("likelihood", "mnist")]["elbo_bpd"])
+
+
+def test_second_run_recomputes_nothing(first_run):
+    base, run_dir, _, first_elapsed = first_run
+    before = all_scores(run_dir)
+    proc = cli("run", TINY, "--results", base / "results", "--checkpoints", base / "ckpt")
+    assert proc.returncode == 0, proc.stderr
+    prov = json.loads((run_dir / "run.json").read_text())["provenance"]
+    assert prov["trained_backbones"] == 0 and prov["scored_examples"] == 0
+    after = all_scores(run_dir)
+    assert before.keys() == after.keys()
+    for key in before:
+        for output in before[key]:
+            np.testing.assert_array_equal(before[key][output], after[key][output])
+
+
+def test_show_prints_the_cached_leaderboard(first_run):
+    _, run_dir, _, _ = first_run
+    proc = cli("show", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "llr_k1" in proc.stdout and "uniform-noise" in proc.stdout
+
+
+def test_scores_do_not_depend_on_batch_size(first_run):
+    base, run_dir, _, _ = first_run
+    proc = cli("run", TINY, "--results", base / "bs7", "--checkpoints", base / "ckpt", "--batch-size", "7")
+    assert proc.returncode == 0, proc.stderr
+    ref, other = all_scores(run_dir), all_scores(base / "bs7" / "tiny")
+    assert ref.keys() == other.keys()
+    for key in ref:
+        for output in ref[key]:
+            np.testing.assert_allclose(other[key][output], ref[key][output], rtol=1e-5, atol=1e-6)
+
+
+def test_kill_9_during_scoring_resumes_to_identical_scores(first_run):
+    base, run_dir, _, _ = first_run
+    results = base / "killed"
+    pending = results / "tiny" / ".pending"
+    proc = subprocess.Popen([sys.executable, "-m", "ood_bench", "run", str(TINY), "--results", str(results),
+                             "--checkpoints", str(base / "ckpt")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(pending.glob("*/*.npz")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert any(pending.glob("*/*.npz")), "the run was killed before it wrote any chunk"
+    done_before = sum(1 for _ in pending.glob("*/*.npz"))
+    resumed = cli("run", TINY, "--results", results, "--checkpoints", base / "ckpt")
+    assert resumed.returncode == 0, resumed.stderr
+    prov = json.loads((results / "tiny" / "run.json").read_text())["provenance"]
+    total = sum(s["n"] for s in json.loads((run_dir / "run.json").read_text())["sets"].values()) * 2
+    assert prov["scored_examples"] < total, f"resume recomputed everything ({done_before} chunks were cached)"
+    ref, got = all_scores(run_dir), all_scores(results / "tiny")
+    assert ref.keys() == got.keys()
+    for key in ref:
+        for output in ref[key]:
+            np.testing.assert_array_equal(got[key][output], ref[key][output])
