@@ -5,7 +5,6 @@ import multiprocessing as mp
 import h5py
 import numpy as np
 import pytest
-
 from ood_bench.cache.keys import content_key, score_key
 from ood_bench.cache.store import ScoreStore
 

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import torch
-
 from ood_bench.numerics import bits_per_dim, example_generators, example_seed, log_mean_exp, stacked_normal
 
 

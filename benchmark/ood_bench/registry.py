@@ -7,7 +7,7 @@ third-party packages, so there is one code path and ``ood-bench list`` shows eve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import entry_points
 
 from ood_bench.errors import UserError
@@ -40,7 +40,7 @@ class Registry:
         raise UserError(f"Unknown {self.kind[:-1]} '{name}'. Allowed values: {allowed}.")
 
 
-@lru_cache(maxsize=None)
+@cache
 def registry(kind: str) -> Registry:
     """Load every entry point of one group ("detectors", "backbones" or "datasets")."""
     entries: dict[str, object] = {}

@@ -1,0 +1,476 @@
+"""Bottom-up hierarchical VAE (Havtorn et al. 2021, seed 001 App. B; spec §1.2 and §1.4).
+
+Generative model p(z_L) p(z_{L-1}|z_L) ... p(z_1|z_2) p(x|z_1), inference q(z_1|x) q(z_2|z_1) ...
+q(z_L|z_{L-1}), all diagonal Gaussians. Each stochastic layer is preceded by a deterministic stage
+of pre-activation residual blocks. A latent is either convolutional (C, H, W) or dense (D,); once a
+layer is dense, every layer above it is too. Every stage also receives the deterministic features of
+the stage before it (the concatenations [z_l, h_l] going up and [z_l, g_l] going down), the skips
+past each stochastic bottleneck that keep the upper layers in use.
+
+Resolutions: a convolutional latent of side H sits below a map of side H * 2^m, and the stage between
+them strides by 2 in its last m blocks. A dense latent above a map of even side flattens that map after
+one stride-2 block (28 -> 14 -> 7 -> dense for FashionMNIST). The generative path mirrors this with
+nearest-neighbour / transposed-convolution upsampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from ood_bench.models.base import Backbone, BoundTerms, config_from_params
+from ood_bench.models.heads import make_head
+from ood_bench.numerics import stacked_uniform
+
+_LN2 = math.log(2.0)
+_LOG_2PI = math.log(2.0 * math.pi)
+_MIN_STD = 1e-4
+CPU_ROWS_PER_PASS = 256
+FREE_BITS_MODES = ("position", "element", "layer")
+
+
+@dataclass
+class HVAEConfig:
+    """Parameters of :class:`HierarchicalVAE` (the ``params`` of a suite backbone entry).
+
+    Defaults are seed 001's sizes; ``None`` fields are derived from the input shape.
+    """
+
+    latent_shapes: list[list[int]] | None = None
+    """z_1 first; [C, H, W] is convolutional, [D] dense. Default: grayscale [[8, H/2, W/2], [16], [8]],
+    colour [[8, H/2, W/2], [16, H/4, W/4], [32, H/8, W/8]]."""
+    channels: int = 64
+    blocks_per_stage: int = 3
+    kernel_sizes: list[int] | None = None
+    """Odd kernel size per stage, bottom first. Default [5, 3, 3, ...]."""
+    dense_width: int = 256
+    likelihood: str | None = None
+    """``bernoulli`` (binarised images) or ``dlm`` (discretised logistic mixture). Default: bernoulli for
+    one channel, dlm otherwise."""
+    dlm_components: int = 10
+    weight_norm: bool = True
+    """Weight normalisation with data-dependent initialisation (Salimans & Kingma 2016)."""
+    kl_estimator: str = "analytic"
+    """KL terms of the training loss: ``analytic`` or ``mc`` (single sample). Scores are always MC."""
+    free_bits_per: str = "position"
+    """How a layer's free-bits budget lambda is applied in training (a floor under which KL is not
+    penalised). ``position``: lambda / channels (units) on each latent element of each example, i.e.
+    lambda per spatial position of a conv latent (the CPU configuration measured to avoid collapse).
+    ``element``: lambda / (number of elements) on each element of each example, i.e. lambda per layer
+    (hvae-oodd's FreeNats). ``layer``: lambda on the batch-averaged KL of the whole layer (Kingma et
+    al. 2016)."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.channels, int) and self.channels > 0, "channels", "a positive integer")
+        _check(isinstance(self.blocks_per_stage, int) and self.blocks_per_stage > 0, "blocks_per_stage",
+               "a positive integer")
+        _check(isinstance(self.dense_width, int) and self.dense_width > 0, "dense_width",
+               "a positive integer")
+        _check(isinstance(self.dlm_components, int) and self.dlm_components > 0, "dlm_components",
+               "a positive integer")
+        _check(self.likelihood in (None, "bernoulli", "dlm"), "likelihood", "'bernoulli' or 'dlm'")
+        _check(self.kl_estimator in ("analytic", "mc"), "kl_estimator", "'analytic' or 'mc'")
+        _check(self.free_bits_per in FREE_BITS_MODES, "free_bits_per", " or ".join(map(repr, FREE_BITS_MODES)))
+        _check(isinstance(self.weight_norm, bool), "weight_norm", "true or false")
+        if self.latent_shapes is not None:
+            ok = isinstance(self.latent_shapes, (list, tuple)) and len(self.latent_shapes) >= 1 and all(
+                isinstance(s, (list, tuple)) and len(s) in (1, 3)
+                and all(isinstance(d, int) and d > 0 for d in s)
+                for s in self.latent_shapes
+            )
+            _check(ok, "latent_shapes", "a list of [C, H, W] or [D] shapes of positive integers")
+            self.latent_shapes = [list(s) for s in self.latent_shapes]
+        if self.kernel_sizes is not None:
+            ok = isinstance(self.kernel_sizes, (list, tuple)) and all(
+                isinstance(k, int) and k > 0 and k % 2 == 1 for k in self.kernel_sizes
+            )
+            _check(ok, "kernel_sizes", "a list of odd positive integers, one per stage")
+            self.kernel_sizes = list(self.kernel_sizes)
+
+
+def _check(ok: bool, name: str, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"hvae parameter {name!r} must be {expected}")
+
+
+# ------------------------------------------------------------------------------------ layers
+def _wn(module: nn.Module, enabled: bool) -> nn.Module:
+    if not enabled:
+        return module
+    return weight_norm(module, dim=1 if isinstance(module, nn.ConvTranspose2d) else 0)
+
+
+def _conv(cin: int, cout: int, kernel: int, wn: bool, stride: int = 1) -> nn.Module:
+    return _wn(nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2), wn)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block ``y = conv2(relu(conv1(relu(x)))) + skip(x)``.
+
+    conv1 keeps the resolution; conv2 halves it (``resample=-1``), doubles it with a transposed
+    convolution (``resample=1``) or keeps it (0). The skip path average-pools or repeats pixels.
+    """
+
+    def __init__(self, channels: int, kernel: int, resample: int, wn: bool):
+        super().__init__()
+        self.resample = resample
+        self.conv1 = _conv(channels, channels, kernel, wn)
+        if resample == 1:
+            conv2 = nn.ConvTranspose2d(channels, channels, kernel, stride=2, padding=kernel // 2,
+                                       output_padding=1)
+            self.conv2 = _wn(conv2, wn)
+        else:
+            self.conv2 = _conv(channels, channels, kernel, wn, stride=2 if resample == -1 else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv2(F.relu(self.conv1(F.relu(x))))
+        if self.resample == -1:
+            x = F.avg_pool2d(x, 2, ceil_mode=True)
+        elif self.resample == 1:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return h + x
+
+
+class DenseResBlock(nn.Module):
+    """Pre-activation residual block on vectors."""
+
+    def __init__(self, width: int, wn: bool):
+        super().__init__()
+        self.fc1 = _wn(nn.Linear(width, width), wn)
+        self.fc2 = _wn(nn.Linear(width, width), wn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.relu(self.fc1(F.relu(x))))
+
+
+def _map_blocks(
+    channels: int, kernel: int, blocks: int, steps: int, resample: int, wn: bool
+) -> nn.Sequential:
+    """``max(blocks, steps)`` residual blocks, the last ``steps`` of them resampling."""
+    n = max(blocks, steps)
+    return nn.Sequential(
+        *[ResBlock(channels, kernel, resample if i >= n - steps else 0, wn) for i in range(n)]
+    )
+
+
+class _Flatten(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class _Unflatten(nn.Module):
+    def __init__(self, shape: tuple[int, int, int]):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class _Relu(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+class GaussianHead(nn.Module):
+    """Mean and standard deviation of a diagonal Gaussian over a latent of ``shape``.
+
+    std = softplus with beta = ln 2 (softplus(0) = 1, seed 001 App. B) plus a small floor.
+    """
+
+    def __init__(self, in_features: int, shape: tuple[int, ...], kernel: int, wn: bool):
+        super().__init__()
+        self.shape = shape
+        if len(shape) == 3:
+            self.proj = _conv(in_features, 2 * shape[0], kernel, wn)
+        else:
+            self.proj = _wn(nn.Linear(in_features, 2 * shape[0]), wn)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, raw = self.proj(F.relu(h)).chunk(2, dim=1)
+        return mean, F.softplus(raw, beta=_LN2) + _MIN_STD
+
+
+# ------------------------------------------------------------------------------------ the model
+@dataclass(frozen=True)
+class _Level:
+    """What one level of the hierarchy looks like: a map (channels, H, W) or a vector (features,)."""
+
+    latent: tuple[int, ...]
+
+    @property
+    def is_map(self) -> bool:
+        return len(self.latent) == 3
+
+    @property
+    def side(self) -> tuple[int, int]:
+        return self.latent[1], self.latent[2]
+
+
+def _halvings(big: tuple[int, int], small: tuple[int, int]) -> int:
+    """m with big = small * 2^m on both axes, or ValueError."""
+    for m in range(8):
+        if big[0] == small[0] * 2**m and big[1] == small[1] * 2**m:
+            return m
+    raise ValueError(f"hvae latent side {small} does not divide the side {big} below it by a power of two")
+
+
+class HierarchicalVAE(Backbone):
+    """Bottom-up hierarchical VAE with L Gaussian latent layers; see the module docstring."""
+
+    MODEL_VERSION = "1"
+    Config = HVAEConfig
+
+    def __init__(self, config: HVAEConfig, input_shape: tuple[int, int, int]):
+        super().__init__()
+        self.config = config
+        self.input_shape = tuple(int(d) for d in input_shape)
+        c_x, h_x, w_x = self.input_shape
+        shapes = [tuple(s) for s in (config.latent_shapes or _default_latents(self.input_shape))]
+        self._shapes = shapes
+        self.num_latent_layers = len(shapes)
+        L = self.num_latent_layers
+        kernels = config.kernel_sizes or [5] + [3] * (L - 1)
+        if len(kernels) != L:
+            raise ValueError(
+                f"hvae parameter 'kernel_sizes' needs {L} entries (one per stage), got {len(kernels)}"
+            )
+        seen_dense = False
+        for s in shapes:
+            if len(s) == 1:
+                seen_dense = True
+            elif seen_dense:
+                raise ValueError("hvae 'latent_shapes': a convolutional latent cannot sit above a dense one")
+        self.likelihood = config.likelihood or ("bernoulli" if c_x == 1 else "dlm")
+        self.head = make_head(self.likelihood, c_x, config.dlm_components)
+
+        wn, ch, width = config.weight_norm, config.channels, config.dense_width
+        levels = [_Level((c_x, h_x, w_x))] + [_Level(s) for s in shapes]
+
+        def features(level: _Level) -> int:
+            return ch if level.is_map else width
+
+        # Inference stage l maps level l-1 (x, or [z_{l-1}, h_{l-1}]) to features h_l at level l.
+        self.up_stages = nn.ModuleList()
+        self.q_heads = nn.ModuleList()
+        for l in range(1, L + 1):
+            src, dst, k = levels[l - 1], levels[l], kernels[l - 1]
+            cin = c_x if l == 1 else src.latent[0] + features(src)
+            self.up_stages.append(self._up_stage(src, dst, cin, k))
+            self.q_heads.append(GaussianHead(features(dst), dst.latent, 3, wn))
+
+        # Generative stage l maps level l ([z_l] or [z_l, g_l]) to features g_{l-1} at level l-1;
+        # p_heads[l-1] turns g_l into p(z_l | z_{l+1}) for l < L.
+        self.down_stages = nn.ModuleList()
+        self.p_heads = nn.ModuleList()
+        for l in range(1, L + 1):
+            src, dst, k = levels[l], levels[l - 1], kernels[l - 1]
+            cin = src.latent[0] + (features(src) if l < L else 0)
+            self.down_stages.append(self._down_stage(src, dst, cin, k))
+            if l < L:
+                self.p_heads.append(GaussianHead(features(src), src.latent, 3, wn))
+        self.out_proj = _conv(ch, self.head.num_params, 3, wn)
+
+    # -------------------------------------------------------------------- construction helpers
+    def _up_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
+        cfg = self.config
+        wn, ch, width, nb = cfg.weight_norm, cfg.channels, cfg.dense_width, cfg.blocks_per_stage
+        if src.is_map and dst.is_map:
+            steps = _halvings(src.side, dst.side)
+            return nn.Sequential(_conv(cin, ch, kernel, wn), _map_blocks(ch, kernel, nb, steps, -1, wn))
+        if src.is_map:
+            steps = 1 if src.side[0] % 2 == 0 and src.side[1] % 2 == 0 else 0
+            h, w = src.side[0] // 2**steps, src.side[1] // 2**steps
+            return nn.Sequential(
+                _conv(cin, ch, kernel, wn), _map_blocks(ch, kernel, nb, steps, -1, wn),
+                _Flatten(), _Relu(), _wn(nn.Linear(ch * h * w, width), wn),
+            )
+        return nn.Sequential(_wn(nn.Linear(cin, width), wn), *[DenseResBlock(width, wn) for _ in range(nb)])
+
+    def _down_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
+        cfg = self.config
+        wn, ch, width, nb = cfg.weight_norm, cfg.channels, cfg.dense_width, cfg.blocks_per_stage
+        if src.is_map:
+            steps = _halvings(dst.side, src.side)
+            return nn.Sequential(_conv(cin, ch, kernel, wn), _map_blocks(ch, kernel, nb, steps, 1, wn))
+        if dst.is_map:
+            steps = 1 if dst.side[0] % 2 == 0 and dst.side[1] % 2 == 0 else 0
+            h, w = dst.side[0] // 2**steps, dst.side[1] // 2**steps
+            return nn.Sequential(
+                _wn(nn.Linear(cin, width), wn), _Relu(), _wn(nn.Linear(width, ch * h * w), wn),
+                _Unflatten((ch, h, w)), _map_blocks(ch, kernel, nb, steps, 1, wn),
+            )
+        return nn.Sequential(_wn(nn.Linear(cin, width), wn), *[DenseResBlock(width, wn) for _ in range(nb)])
+
+    # -------------------------------------------------------------------- Backbone API
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> None:
+        config_from_params(HVAEConfig, params, "hvae")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], input_shape: tuple[int, int, int]) -> HierarchicalVAE:
+        return cls(config_from_params(HVAEConfig, params, "hvae"), input_shape)
+
+    def resolved_params(self) -> dict[str, Any]:
+        out = asdict(self.config)
+        out["latent_shapes"] = [list(s) for s in self._shapes]
+        out["kernel_sizes"] = self.config.kernel_sizes or [5] + [3] * (self.num_latent_layers - 1)
+        out["likelihood"] = self.likelihood
+        return out
+
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        return list(self._shapes)
+
+    def prepare(self, images: torch.Tensor, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected uint8 images of shape (B, {self.input_shape}), got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if self.likelihood == "dlm":
+            return images.float() * (2.0 / 255.0) - 1.0
+        if generators is None:
+            u = torch.rand(images.shape, device=images.device)
+        else:
+            if len(generators) != images.shape[0]:
+                raise ValueError(f"{len(generators)} generators for {images.shape[0]} images")
+            u = stacked_uniform(generators, self.input_shape).to(images.device)
+        return (u < images.float() / 255.0).float()
+
+    def _pass(
+        self, x: torch.Tensor, noise: Sequence[torch.Tensor], k: int
+    ) -> tuple[torch.Tensor, list[dict]]:
+        """Inference then generative pass; returns log p(x|z_1) and per layer z, q and p parameters.
+
+        Layers l <= k use the posterior mean going up and the conditional-prior mean going down.
+        """
+        L = self.num_latent_layers
+        if not 0 <= k < L:
+            raise ValueError(f"k must be in 0..{L - 1}, got {k}")
+        if len(noise) != L:
+            raise ValueError(f"expected noise for {L} layers, got {len(noise)}")
+        layers: list[dict] = []
+        inp = x
+        for l in range(L):
+            h = self.up_stages[l](inp)
+            mean, std = self.q_heads[l](h)
+            z = mean if l < k else mean + std * noise[l]
+            layers.append({"q_mean": mean, "q_std": std, "z": z, "eps": noise[l]})
+            inp = torch.cat([z, h], dim=1)
+        top = layers[-1]
+        top["p_mean"], top["p_std"] = torch.zeros_like(top["z"]), torch.ones_like(top["z"])
+        inp = top["z"]
+        for l in range(L - 1, 0, -1):
+            g = self.down_stages[l](inp)
+            mean, std = self.p_heads[l - 1](g)
+            layer = layers[l - 1]
+            layer["p_mean"], layer["p_std"] = mean, std
+            if l - 1 < k:
+                layer["z"] = mean
+            inp = torch.cat([layer["z"], g], dim=1)
+        params = self.out_proj(F.relu(self.down_stages[0](inp)))
+        return self.head.log_prob(params, x), layers
+
+    def bound(self, x: torch.Tensor, noise: list[torch.Tensor], k: int = 0) -> BoundTerms:
+        rows = x.shape[0]
+        if x.device.type == "cpu" and rows > CPU_ROWS_PER_PASS:
+            # Large CPU batches run slower per row (cache misses); the result is the same row by row.
+            parts = [
+                self.bound(x[i : i + CPU_ROWS_PER_PASS], [n[i : i + CPU_ROWS_PER_PASS] for n in noise], k)
+                for i in range(0, rows, CPU_ROWS_PER_PASS)
+            ]
+            return BoundTerms(
+                log_px=torch.cat([p.log_px for p in parts]),
+                kl=[torch.cat([p.kl[l] for p in parts]) for l in range(self.num_latent_layers)],
+            )
+        log_px, layers = self._pass(x, noise, k)
+        kl = []
+        for l, layer in enumerate(layers):
+            if l < k:
+                kl.append(torch.zeros_like(log_px))
+                continue
+            log_q = -0.5 * (layer["eps"] ** 2 + _LOG_2PI) - torch.log(layer["q_std"])
+            log_p = _normal_log_pdf(layer["z"], layer["p_mean"], layer["p_std"])
+            kl.append((log_q - log_p).flatten(1).sum(1))
+        return BoundTerms(log_px=log_px, kl=kl)
+
+    def training_loss(
+        self, x: torch.Tensor, beta: float, free_bits: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        noise = [torch.randn(x.shape[0], *s, device=x.device) for s in self._shapes]
+        log_px, layers = self._pass(x, noise, 0)
+        penalty = x.new_zeros(())
+        logs: dict[str, float] = {}
+        kl_total = torch.zeros_like(log_px)
+        for l, layer in enumerate(layers):
+            if self.config.kl_estimator == "analytic":
+                kl_el = _gaussian_kl(layer["q_mean"], layer["q_std"], layer["p_mean"], layer["p_std"])
+            else:
+                log_q = -0.5 * (layer["eps"] ** 2 + _LOG_2PI) - torch.log(layer["q_std"])
+                kl_el = log_q - _normal_log_pdf(layer["z"], layer["p_mean"], layer["p_std"])
+            kl_ex = kl_el.flatten(1).sum(1)
+            kl_total = kl_total + kl_ex
+            mode = self.config.free_bits_per
+            if free_bits <= 0:
+                penalty = penalty + kl_ex.mean()
+            elif mode == "layer":
+                penalty = penalty + kl_ex.mean().clamp(min=free_bits)
+            else:
+                share = layer["z"].shape[1] if mode == "position" else layer["z"][0].numel()
+                penalty = penalty + kl_el.clamp(min=free_bits / share).flatten(1).sum(1).mean()
+            logs[f"kl_z{l + 1}"] = kl_ex.detach().mean().item()
+        loss = -log_px.mean() + beta * penalty
+        elbo = log_px - kl_total
+        logs = {"loss": loss.item(), "elbo": elbo.detach().mean().item(), **logs}
+        return loss, logs
+
+    @torch.no_grad()
+    def data_dependent_init(self, x: torch.Tensor) -> None:
+        """Set every weight-normalised layer's gain and bias so its outputs on ``x`` have zero mean and unit
+        variance per channel, layer by layer in forward order (one pass; each hook rescales its output)."""
+        if not self.config.weight_norm:
+            return
+        hooks = []
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                hooks.append(module.register_forward_hook(_normalise_output))
+        try:
+            self.bound(x, [torch.randn(x.shape[0], *s, device=x.device) for s in self._shapes])
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
+def _normalise_output(module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+    dims = [0] + list(range(2, out.dim()))
+    mean = out.mean(dim=dims)
+    std = out.std(dim=dims) + 1e-6
+    gain = module.parametrizations.weight.original0
+    shape = [-1] + [1] * (gain.dim() - 1)
+    if isinstance(module, nn.ConvTranspose2d):
+        shape = [1, -1] + [1] * (gain.dim() - 2)
+    gain.data /= std.view(shape)
+    module.bias.data = (module.bias.data - mean) / std
+    view = [1, -1] + [1] * (out.dim() - 2)
+    return (out - mean.view(view)) / std.view(view)
+
+
+def _normal_log_pdf(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (((z - mean) / std) ** 2 + _LOG_2PI) - torch.log(std)
+
+
+def _gaussian_kl(qm: torch.Tensor, qs: torch.Tensor, pm: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
+    """KL(N(qm, qs^2) || N(pm, ps^2)) per element."""
+    return torch.log(ps / qs) + (qs**2 + (qm - pm) ** 2) / (2 * ps**2) - 0.5
+
+
+def _default_latents(input_shape: tuple[int, int, int]) -> list[tuple[int, ...]]:
+    c, h, w = input_shape
+    if c == 1:
+        return [(8, h // 2, w // 2), (16,), (8,)]
+    return [(8, h // 2, w // 2), (16, h // 4, w // 4), (32, h // 8, w // 8)]
