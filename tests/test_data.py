@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ood_bench import registry
 from ood_bench.data import (
     TRANSFORMS,
     CorruptFileWarning,
@@ -33,7 +34,7 @@ from ood_bench.data import (
     fetch,
     get_dataset,
     load_split,
-    registry,
+    plugin_errors,
     split_validation,
     subset,
     verify,
@@ -41,6 +42,7 @@ from ood_bench.data import (
 from ood_bench.data.formats import read_cifar10_python, read_idx, read_smallnorb_images, read_svhn_mat
 from ood_bench.data.transforms import grayscale, resize
 from ood_bench.errors import DatasetMissing, UserError
+from ood_bench.registry import GROUPS
 from PIL import Image
 
 MIRROR = os.environ.get("OOD_BENCH_MIRROR")
@@ -334,11 +336,10 @@ def test_image_folder_reads_dirs_and_zips_and_tracks_content(tmp_path: Path):
 
 
 # --- registry and plugins -------------------------------------------------------------------------------
-def test_builtin_table_matches_pyproject():
+def test_every_dataset_in_pyproject_is_registered():
     tomllib = pytest.importorskip("tomllib")
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert pyproject["project"]["entry-points"][registry.GROUP] == registry.BUILTIN_ENTRY_POINTS
-    assert set(available_datasets()) == set(registry.BUILTIN_ENTRY_POINTS)
+    assert set(available_datasets()) == set(pyproject["project"]["entry-points"][GROUPS["datasets"]])
 
 
 def _idx_bytes(images: np.ndarray) -> bytes:
@@ -349,7 +350,7 @@ def _idx_bytes(images: np.ndarray) -> bytes:
 def toy_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A plugin module with downloadable toy datasets (file:// URLs), a broken and a wrong entry point.
 
-    ood-bench's own entry points are hidden, so the built-ins come from the fallback table.
+    The built-in entry points stay registered beside them.
     """
     served = tmp_path / "served"
     served.mkdir()
@@ -375,14 +376,16 @@ NOT_A_DATASET = 42
 ''')
     monkeypatch.syspath_prepend(str(module.parent))
     monkeypatch.setenv("OOD_BENCH_DATA", str(tmp_path / "data"))
-    fake = [EntryPoint("toy", "toy_data_plugin:TOY", registry.GROUP),
-            EntryPoint("loose", "toy_data_plugin:LOOSE_TOY", registry.GROUP),
-            EntryPoint("broken", "no_such_module_for_ood_bench:THING", registry.GROUP),
-            EntryPoint("wrong", "toy_data_plugin:NOT_A_DATASET", registry.GROUP)]
-    monkeypatch.setattr(registry, "entry_points", lambda group: fake if group == registry.GROUP else [])
-    registry.reload_registry()
+    group = GROUPS["datasets"]
+    fake = [*registry.entry_points(group=group),
+            EntryPoint("toy", "toy_data_plugin:TOY", group),
+            EntryPoint("loose", "toy_data_plugin:LOOSE_TOY", group),
+            EntryPoint("broken", "no_such_module_for_ood_bench:THING", group),
+            EntryPoint("wrong", "toy_data_plugin:NOT_A_DATASET", group)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: fake)
+    registry.reload()
     yield toy
-    registry.reload_registry()
+    registry.reload()
     sys.modules.pop("toy_data_plugin", None)
 
 
@@ -390,8 +393,8 @@ def test_plugins_load_by_entry_point_and_failures_are_isolated(toy_plugins):
     with pytest.warns(registry.PluginLoadWarning) as caught:
         names = set(available_datasets())
     assert sorted(str(w.message).split("'")[1] for w in caught) == ["broken", "wrong"]
-    assert {"toy", "loose"} | set(registry.BUILTIN_ENTRY_POINTS) == names
-    errors = registry.plugin_errors()
+    assert {"toy", "loose", "fashionmnist", "mnist"} <= names and not {"broken", "wrong"} & names
+    errors = plugin_errors()
     assert set(errors) == {"broken", "wrong"} and "no_such_module_for_ood_bench" in errors["broken"]
     with pytest.raises(UserError, match="failed to load"):
         get_dataset("broken")
@@ -399,7 +402,7 @@ def test_plugins_load_by_entry_point_and_failures_are_isolated(toy_plugins):
     assert status["broken"].available is False and "ModuleNotFoundError" in status["broken"].notes
 
 
-@pytest.mark.filterwarnings("ignore::ood_bench.data.registry.PluginLoadWarning")
+@pytest.mark.filterwarnings("ignore::ood_bench.registry.PluginLoadWarning")
 def test_download_verifies_and_skips_corrupt_source(toy_plugins):
     with pytest.raises(DatasetMissing, match="ood-bench data fetch toy"):
         load_split("toy", download=False)
@@ -409,7 +412,7 @@ def test_download_verifies_and_skips_corrupt_source(toy_plugins):
     assert [r.status for r in verify("toy")] == ["ok"]
 
 
-@pytest.mark.filterwarnings("ignore::ood_bench.data.registry.PluginLoadWarning")
+@pytest.mark.filterwarnings("ignore::ood_bench.registry.PluginLoadWarning")
 def test_unverified_download_needs_explicit_flag(toy_plugins):
     with pytest.raises(DatasetMissing, match="allow_unverified"):
         fetch("loose")
