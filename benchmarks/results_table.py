@@ -60,8 +60,10 @@ def main() -> None:
     table = comparison(args.run_dir, args.reference)
     print(f"Suite `{plan['suite']}`, profile `{plan['profile']}`, device {prov['device']}, commit "
           f"`{prov['git_revision']}`, {prov['machine']}, {prov['date']}.")
-    print(f"Run wall time (inside `ood-bench run`): {prov['wall_s']['total']:.0f} s; phases: "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in prov["wall_s"].items() if k != "total") + ".")
+    for i, run in enumerate(plan.get("history", [prov | {"wall_s": prov["wall_s"]["total"]}]), 1):
+        print(f"- run {i} ({run['date']}, commit `{run['git_revision']}`): {run['wall_s']:.0f} s inside "
+              f"`ood-bench run`, {run['trained_backbones']} backbone(s) trained, {run['scored_examples']} "
+              f"examples scored.")
     if plan["missing"]:
         print("Not available on this machine (skipped): "
               + ", ".join(f"{m['ood_set']} (`{m['fetch_command']}`)" for m in plan["missing"]) + ".")

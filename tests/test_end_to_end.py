@@ -96,6 +96,9 @@ def test_scores_do_not_depend_on_batch_size(first_run):
     for key in ref:
         for output in ref[key]:
             np.testing.assert_allclose(other[key][output], ref[key][output], rtol=1e-5, atol=1e-6)
+    compared = cli("compare", run_dir, base / "bs7" / "tiny")
+    assert compared.returncode == 0, compared.stderr
+    assert "delta" in compared.stdout and "llr_k1" in compared.stdout
 
 
 def test_kill_9_during_scoring_resumes_to_identical_scores(first_run):

@@ -39,6 +39,12 @@ def read_plan(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def previous_runs(run_dir: Path) -> list[dict[str, Any]]:
+    """What earlier runs in this directory computed and how long they took (from run.json)."""
+    path = Path(run_dir) / PLAN_NAME
+    return json.loads(path.read_text()).get("history", []) if path.is_file() else []
+
+
 def records_from_cache(run_dir: Path) -> pd.DataFrame:
     """Tidy metric records (one row per detector output x seed x OOD set x metric) from cached scores."""
     run_dir = Path(run_dir)
