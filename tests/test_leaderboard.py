@@ -15,7 +15,7 @@ from rich.console import Console
 SANITY = "fashionmnist-train (sanity)"
 MISSING = [{"ood_set": "omniglot-inverted", "reason": "omniglot zips are not in the mirror.",
             "fetch_command": "ood-bench data fetch omniglot"}]
-PROVENANCE = {"suite": "fmnist-hvae.yaml", "profile": "smoke", "seeds": [0, 1], "commit": "0123abc",
+PROVENANCE = {"suite": "fmnist-hvae.yaml", "profile": "smoke", "seeds": [0, 1], "git_revision": "0123abc",
               "date": "2025-01-02", "balanced": True}
 
 # Per OOD set: auroc and fpr80_ood_pos values over seeds 0 and 1 for llr_k1 and llr_k2.
@@ -108,7 +108,7 @@ def test_write_leaderboard_files(tmp_path):
     tex = paths["tex"].read_text(encoding="utf-8")
     for rule in ["\\toprule", "\\midrule", "\\bottomrule"]:
         assert tex.count(rule) == 2, rule  # one tabular per metric
-    assert "% commit: 0123abc" in tex and "llr\\_k1" in tex
+    assert "% git_revision: 0123abc" in tex and "llr\\_k1" in tex
 
     printed = out.getvalue()
     assert "0.910 ± 0.014" in printed and "missing" in printed

@@ -206,7 +206,7 @@ def _md_escape(text: object) -> str:
     return str(text).replace("|", "\\|")
 
 
-PROVENANCE_KEYS = ["suite", "profile", "seeds", "commit", "date"]
+PROVENANCE_KEYS = ["suite", "profile", "seeds", "git_revision", "date"]
 
 
 def _provenance_lines(provenance: dict) -> list[str]:
