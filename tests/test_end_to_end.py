@@ -26,8 +26,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def cli(*args, **kwargs):
+    env = {**os.environ, "COLUMNS": "250"}  # rich fits tables to the terminal; give it room to print them whole
     return subprocess.run([sys.executable, "-m", "ood_bench", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, **kwargs)
+                          cwd=ROOT, env=env, **kwargs)
 
 
 def all_scores(run_dir: Path) -> dict:
@@ -95,7 +96,9 @@ def test_scores_do_not_depend_on_batch_size(first_run):
     assert ref.keys() == other.keys()
     for key in ref:
         for output in ref[key]:
-            np.testing.assert_allclose(other[key][output], ref[key][output], rtol=1e-5, atol=1e-6)
+            # float32 network: a batch of another size rounds the ~200-nat bounds differently by up to
+            # ~1e-4 nats, which shows in differences of two bounds (LLR); anything larger is a real dependence.
+            np.testing.assert_allclose(other[key][output], ref[key][output], rtol=1e-5, atol=1e-3)
     compared = cli("compare", run_dir, base / "bs7" / "tiny")
     assert compared.returncode == 0, compared.stderr
     assert "delta" in compared.stdout and "llr_k1" in compared.stdout
