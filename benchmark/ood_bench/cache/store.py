@@ -27,7 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ood_bench.cache.keys import canonical_json
+from ood_bench.hashing import canonical_json
 
 STORE_NAME = "scores.h5"
 

@@ -18,10 +18,10 @@ import numpy as np
 
 from ood_bench.data import sources
 from ood_bench.data.definitions import DatasetDef, SourceFormat
-from ood_bench.data.digest import digest
 from ood_bench.data.imageset import ImageSet
 from ood_bench.data.registry import available_datasets, get_dataset, plugin_errors
 from ood_bench.errors import DatasetMissing
+from ood_bench.hashing import digest
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ood_bench.data.digest import digest
 from ood_bench.data.formats import IMAGE_SUFFIXES, archive_members, decode_image, is_wanted_member
-from ood_bench.data.sources import hash_file
 from ood_bench.data.transforms import stack_conformed
 from ood_bench.errors import UserError
+from ood_bench.hashing import digest, hash_file
 
 
 def uniform_noise(split: str, params: Mapping[str, Any]) -> np.ndarray:

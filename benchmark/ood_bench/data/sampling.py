@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ood_bench.data.digest import digest
 from ood_bench.data.imageset import ImageSet
 from ood_bench.errors import UserError
+from ood_bench.hashing import digest
 
 
 def _chosen(total: int, n: int, seed: int) -> np.ndarray:

@@ -19,6 +19,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ood_bench.hashing import hash_file
+
 DATA_ENV = "OOD_BENCH_DATA"
 MIRROR_ENV = "OOD_BENCH_MIRROR"
 DEFAULT_DATA_DIR = "~/.cache/ood-bench/data"
@@ -77,15 +79,6 @@ class FileCheck:
     path: Path
     status: str
     detail: str
-
-
-def hash_file(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _payload_md5(path: Path) -> str | None:

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ood_bench.data.digest import digest
 from ood_bench.data.imageset import ImageSet
 from ood_bench.errors import UserError
+from ood_bench.hashing import digest
 
 # ITU-R BT.601 luma weights for R, G, B.
 LUMA_601 = (0.299, 0.587, 0.114)

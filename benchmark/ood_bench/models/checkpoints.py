@@ -7,7 +7,6 @@ code versions), so a changed input never reuses a stale model and an unchanged o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ood_bench.hashing import digest
 
 TRAINING_VERSION = "1"  # bump when a change in training.py alters the weights it produces
 _KEY_CHARS = 24
@@ -31,7 +32,7 @@ def checkpoint_key(
     model_version: str,
     input_shape: tuple[int, ...],
 ) -> str:
-    """sha256 hex digest of the canonical JSON of every input of a training run."""
+    """Digest of every input of a training run (see :func:`ood_bench.hashing.digest`)."""
     fields = {
         "kind": kind,
         "params": params,
@@ -43,8 +44,7 @@ def checkpoint_key(
         "training_version": TRAINING_VERSION,
         "input_shape": list(input_shape),
     }
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return digest(fields)
 
 
 def checkpoint_paths(checkpoint_dir: Path, kind: str, key: str) -> tuple[Path, Path]:
@@ -86,12 +86,3 @@ def write_json_atomic(obj: Any, path: Path) -> None:
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_atomic` with ``weights_only=True`` (no pickled code runs)."""
     return torch.load(path, map_location=device, weights_only=True)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file's bytes (the identity of a trained model in score cache keys)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

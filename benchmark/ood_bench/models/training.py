@@ -33,11 +33,11 @@ from rich.progress import (
 )
 
 from ood_bench.data.imageset import ImageSet
+from ood_bench.hashing import hash_file
 from ood_bench.models.base import Backbone, config_from_params
 from ood_bench.models.checkpoints import (
     checkpoint_key,
     checkpoint_paths,
-    file_sha256,
     load_checkpoint,
     save_atomic,
     write_json_atomic,
@@ -188,7 +188,7 @@ def train_or_load(
                 raise ValueError(f"{final_path} is not a backbone checkpoint ({FINAL_FORMAT})")
             model.load_state_dict(state["model"])
             model.to(torch_device).eval()
-            return TrainedBackbone(model, file_sha256(final_path), final_path, state["metadata"], 0)
+            return TrainedBackbone(model, hash_file(final_path), final_path, state["metadata"], 0)
 
         run = _Run(model, config, train_set, val_set, seed, torch_device, console, key, partial_path)
         run.metadata_base = {
@@ -207,7 +207,7 @@ def train_or_load(
         partial_path.unlink(missing_ok=True)
         model.load_state_dict(run.best_state)
         model.eval()
-        return TrainedBackbone(model, file_sha256(final_path), final_path, metadata, steps)
+        return TrainedBackbone(model, hash_file(final_path), final_path, metadata, steps)
 
 
 @dataclass
