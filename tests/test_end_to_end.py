@@ -39,15 +39,13 @@ def all_scores(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
-    t0 = time.perf_counter()
     proc = cli("run", TINY, "--results", base / "results", "--checkpoints", base / "ckpt")
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    return base, base / "results" / "tiny", proc, elapsed
+    return base, base / "results" / "tiny", proc
 
 
 def test_first_run_writes_leaderboard_with_real_numbers(first_run):
-    _, run_dir, proc, _ = first_run
+    _, run_dir, proc = first_run
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "run.json", "scores.h5"):
         assert (run_dir / name).is_file(), name
     plan = json.loads((run_dir / "run.json").read_text())
@@ -68,7 +66,7 @@ def test_first_run_writes_leaderboard_with_real_numbers(first_run):
 
 
 def test_second_run_recomputes_nothing(first_run):
-    base, run_dir, _, first_elapsed = first_run
+    base, run_dir, _ = first_run
     before = all_scores(run_dir)
     proc = cli("run", TINY, "--results", base / "results", "--checkpoints", base / "ckpt")
     assert proc.returncode == 0, proc.stderr
@@ -82,14 +80,14 @@ def test_second_run_recomputes_nothing(first_run):
 
 
 def test_show_prints_the_cached_leaderboard(first_run):
-    _, run_dir, _, _ = first_run
+    _, run_dir, _ = first_run
     proc = cli("show", run_dir)
     assert proc.returncode == 0, proc.stderr
     assert "llr_k1" in proc.stdout and "uniform-noise" in proc.stdout
 
 
 def test_scores_do_not_depend_on_batch_size(first_run):
-    base, run_dir, _, _ = first_run
+    base, run_dir, _ = first_run
     proc = cli("run", TINY, "--results", base / "bs7", "--checkpoints", base / "ckpt", "--batch-size", "7")
     assert proc.returncode == 0, proc.stderr
     ref, other = all_scores(run_dir), all_scores(base / "bs7" / "tiny")
@@ -105,7 +103,7 @@ def test_scores_do_not_depend_on_batch_size(first_run):
 
 
 def test_kill_9_during_scoring_resumes_to_identical_scores(first_run):
-    base, run_dir, _, _ = first_run
+    base, run_dir, _ = first_run
     results = base / "killed"
     pending = results / "tiny" / ".pending"
     proc = subprocess.Popen([sys.executable, "-m", "ood_bench", "run", str(TINY), "--results", str(results),
