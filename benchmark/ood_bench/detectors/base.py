@@ -46,6 +46,14 @@ class Detector:
         sig = inspect.signature(type(self).__init__)
         return {p: getattr(self, p) for p in sig.parameters if p != "self"}
 
+    def seed_variants(self) -> int:
+        """How many copies of its backbone, differing only by training seed, the detector needs.
+
+        1 (the default): ``fit`` receives one backbone. n > 1 (ensembles such as ``waic``): ``fit`` receives a
+        list of n backbones, trained (or loaded from the checkpoint cache) with seeds s, s+1, ..., s+n-1.
+        """
+        return 1
+
     def fit(self, backbone: torch.nn.Module, id_train: ImageSet) -> Detector:
         """Learn whatever the score needs from in-distribution training data. Default: keep the backbone."""
         self.backbone_ = backbone

@@ -3,8 +3,10 @@
 Every estimate uses one random stream per example (``Batch.generators``), so an example's value never
 depends on its batch-mates. Results are in nats, float64, one value per example.
 
-Estimates are memoised per model object and (set, seed, estimator): when ``likelihood`` and ``llr``
-both need the IWAE bound of the same examples under the same backbone, it is computed once.
+Estimates are memoised per model object and (set, seed, estimator): when ``likelihood``, ``llr``,
+``llr_ada`` and ``waic`` need the IWAE bound or an L^{>k} pass of the same examples under the same backbone,
+it is computed once. Detectors go through :func:`bound_terms` and :func:`iwae_bound`, which fix the memo
+names (and hence the random streams) every detector shares.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ def memoised(
     """Per-example values of one estimator for ``batch``, computing only those not seen before.
 
     ``compute(rows, generators)`` estimates the examples at positions ``rows`` of the batch, with one
-    generator each. ``name`` identifies the estimator and its parameters (e.g. ``"iwae16"``): it is both
-    the memo key and the random-stream purpose, so a memoised value equals a recomputed one.
+    generator each, as shape (n,) or (n, c) (c quantities from the same draws). ``name`` identifies the
+    estimator and its parameters (e.g. ``"iwae16"``): it is both the memo key and the random-stream
+    purpose, so a memoised value equals a recomputed one. Returns float64 of shape (B,) or (B, c).
     """
     memo = _MEMO.setdefault(model, {}).setdefault((name, batch.set_fingerprint, batch.seed), {})
     wanted = batch.indices.tolist()
@@ -79,8 +82,24 @@ def memoised(
         generators = batch.generators(name)
         values = compute(rows, [generators[j] for j in rows]).double().cpu().numpy()
         for j, v in zip(rows.tolist(), values, strict=True):
-            memo[wanted[j]] = float(v)
+            memo[wanted[j]] = v
     return np.array([memo[i] for i in wanted], dtype=np.float64)
+
+
+def bound_terms(model: torch.nn.Module, batch: Batch, x: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Memoised ``(L^{>k}, LL^{>k})`` of ``batch`` (prepared input ``x``) from one pass, in nats.
+
+    k = 0 is the single-sample ELBO and its reconstruction term log p(x|z_1), z_1 ~ q (memo name
+    ``elbo``); k >= 1 uses conditional-prior means for z_{<=k} (memo name ``lk{k}``).
+    """
+    name = "elbo" if k == 0 else f"lk{k}"
+    values = memoised(model, batch, name, lambda r, g: torch.stack(bound_above(model, x[r], g, k), dim=1))
+    return values[:, 0], values[:, 1]
+
+
+def iwae_bound(model: torch.nn.Module, batch: Batch, x: torch.Tensor, samples: int) -> np.ndarray:
+    """Memoised S-sample IWAE bound L_S of ``batch`` in nats (memo name ``iwae{S}``)."""
+    return memoised(model, batch, f"iwae{samples}", lambda r, g: iwae(model, x[r], g, samples))
 
 
 def forget(model: torch.nn.Module) -> None:

@@ -42,7 +42,6 @@ class Likelihood(Detector):
         model = self.backbone_
         x = self._model_input(batch)
         dims = math.prod(model.input_shape)
-        elbo = estimators.memoised(model, batch, "elbo", lambda r, g: estimators.elbo(model, x[r], g))
-        iwae = estimators.memoised(model, batch, f"iwae{self.iwae_samples}",
-                                   lambda r, g: estimators.iwae(model, x[r], g, self.iwae_samples))
+        elbo = estimators.bound_terms(model, batch, x, 0)[0]
+        iwae = estimators.iwae_bound(model, batch, x, self.iwae_samples)
         return {"elbo_bpd": bits_per_dim(elbo, dims), "iwae_bpd": bits_per_dim(iwae, dims)}

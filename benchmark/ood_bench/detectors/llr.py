@@ -57,12 +57,8 @@ class LikelihoodRatio(Detector):
         x = self._model_input(batch)
         dims = math.prod(model.input_shape)
         # k = 0 is the "elbo" estimate the likelihood detector uses too, so lk0_bpd equals its elbo_bpd.
-        bounds = [estimators.memoised(model, batch, "elbo", lambda r, g: estimators.elbo(model, x[r], g))]
-        for k in range(1, model.num_latent_layers):
-            bounds.append(estimators.memoised(
-                model, batch, f"lk{k}", lambda r, g, k=k: estimators.bound_above(model, x[r], g, k)[0]))
-        iwae = estimators.memoised(model, batch, f"iwae{self.iwae_samples}",
-                                   lambda r, g: estimators.iwae(model, x[r], g, self.iwae_samples))
+        bounds = [estimators.bound_terms(model, batch, x, k)[0] for k in range(model.num_latent_layers)]
+        iwae = estimators.iwae_bound(model, batch, x, self.iwae_samples)
         out = {f"lk{k}_bpd": bits_per_dim(b, dims) for k, b in enumerate(bounds)}
         for k in range(1, model.num_latent_layers):
             out[f"llr_k{k}"] = iwae - bounds[k]

@@ -21,6 +21,9 @@ _LOG_SCALE_RANGE = (-7.0, 7.0)
 class BernoulliHead:
     """Independent Bernoulli sub-pixels; ``params`` are logits of shape (B, C, H, W)."""
 
+    is_probability_mass = True
+    """log p(x|.) is the log of a probability mass, so strictly negative (scores such as LLR^ada rely on it)."""
+
     def __init__(self, channels: int):
         self.channels = channels
 
@@ -49,6 +52,9 @@ class DiscretizedLogisticMixtureHead:
     (tanh-squashed): the mean of channel c is shifted by ``sum_{j<c} coeff_cj * x_j`` as in PixelCNN++.
     ``params`` has shape (B, components * (1 + 2C + C(C-1)/2), H, W); ``x`` holds levels in [-1, 1].
     """
+
+    is_probability_mass = True
+    """log p(x|.) is the log of a probability mass over 256 levels, so strictly negative."""
 
     def __init__(self, channels: int, components: int):
         self.channels = channels

@@ -34,6 +34,8 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _MIN_STD = 1e-4
 CPU_ROWS_PER_PASS = 256
 FREE_BITS_MODES = ("position", "element", "layer")
+OBJECTIVES = ("elbo", "informative")
+INFORMATIVE_PRIORS = ("sample", "mean")
 
 
 @dataclass
@@ -66,6 +68,16 @@ class HVAEConfig:
     ``element``: lambda / (number of elements) on each element of each example, i.e. lambda per layer
     (hvae-oodd's FreeNats). ``layer``: lambda on the batch-averaged KL of the whole layer (Kingma et
     al. 2016)."""
+    objective: str = "elbo"
+    """Training objective. ``elbo``: the evidence lower bound. ``informative``: seed 000 eq. 10,
+    ``ELBO - LL^{>0} + mean_{k=0..L-1} LL^{>k}`` with ``LL^{>k} = log p(x|z_1)`` for z_{>k} from the posterior
+    and z_{<=k} from the conditional priors (spec §1.3). Scores never depend on it: every bound is the same."""
+    informative_prior: str = "sample"
+    """How the informative objective sets z_{<=k}: ``sample`` (reparameterised draws from p(z_l|z_{l+1}), seed
+    000 eq. 10) or ``mean`` (the conditional-prior means, the construction L^{>k} uses at evaluation)."""
+    informative_weight: float = 1.0
+    """lambda in ``ELBO + lambda * (mean_k LL^{>k} - LL^{>0})``: 1 is seed 000's objective; smaller values keep
+    more weight on the ordinary reconstruction term (see docs/informative-hvae.md on collapse)."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.channels, int) and self.channels > 0, "channels", "a positive integer")
@@ -79,6 +91,12 @@ class HVAEConfig:
         _check(self.kl_estimator in ("analytic", "mc"), "kl_estimator", "'analytic' or 'mc'")
         _check(self.free_bits_per in FREE_BITS_MODES, "free_bits_per", " or ".join(map(repr, FREE_BITS_MODES)))
         _check(isinstance(self.weight_norm, bool), "weight_norm", "true or false")
+        _check(self.objective in OBJECTIVES, "objective", " or ".join(map(repr, OBJECTIVES)))
+        _check(self.informative_prior in INFORMATIVE_PRIORS, "informative_prior",
+               " or ".join(map(repr, INFORMATIVE_PRIORS)))
+        w = self.informative_weight
+        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w <= 1, "informative_weight",
+               "a number in (0, 1]")
         if self.latent_shapes is not None:
             ok = isinstance(self.latent_shapes, (list, tuple)) and len(self.latent_shapes) >= 1 and all(
                 isinstance(s, (list, tuple)) and len(s) in (1, 3)
@@ -323,6 +341,11 @@ class HierarchicalVAE(Backbone):
         out["latent_shapes"] = [list(s) for s in self._shapes]
         out["kernel_sizes"] = self.config.kernel_sizes or [5] + [3] * (self.num_latent_layers - 1)
         out["likelihood"] = self.likelihood
+        if self.config.objective == "elbo":
+            # Fields added after the first trained checkpoints: left out when they cannot affect training, so
+            # ELBO-trained models keep their checkpoint keys.
+            for name in ("objective", "informative_prior", "informative_weight"):
+                del out[name]
         return out
 
     def latent_shapes(self) -> list[tuple[int, ...]]:
@@ -343,17 +366,25 @@ class HierarchicalVAE(Backbone):
         return (u < images.float() / 255.0).float()
 
     def _pass(
-        self, x: torch.Tensor, noise: Sequence[torch.Tensor], k: int
+        self, x: torch.Tensor, noise: Sequence[torch.Tensor], k: int, branches: str | None = None
     ) -> tuple[torch.Tensor, list[dict]]:
         """Inference then generative pass; returns log p(x|z_1) and per layer z, q and p parameters.
 
         Layers l <= k use the posterior mean going up and the conditional-prior mean going down.
+        ``branches`` (``sample`` or ``mean``, training only, k = 0) also returns LL^{>j} for every j from the
+        same top-down pass: at layer l the rows that hold posterior z_l are duplicated with z_l drawn from
+        (or set to the mean of) p(z_l|z_{l+1}), and rows already on a prior branch continue with prior draws.
+        The result then has L * B rows, LL^{>0} (the ordinary term) first, then LL^{>1}, ..., LL^{>L-1};
+        the per-layer dicts describe the posterior rows only.
         """
         L = self.num_latent_layers
         if not 0 <= k < L:
             raise ValueError(f"k must be in 0..{L - 1}, got {k}")
         if len(noise) != L:
             raise ValueError(f"expected noise for {L} layers, got {len(noise)}")
+        if branches is not None and (k != 0 or branches not in INFORMATIVE_PRIORS):
+            raise ValueError(f"branches must be one of {INFORMATIVE_PRIORS} with k = 0")
+        rows = x.shape[0]
         layers: list[dict] = []
         inp = x
         for l in range(L):
@@ -369,12 +400,17 @@ class HierarchicalVAE(Backbone):
             g = self.down_stages[l](inp)
             mean, std = self.p_heads[l - 1](g)
             layer = layers[l - 1]
-            layer["p_mean"], layer["p_std"] = mean, std
+            layer["p_mean"], layer["p_std"] = mean[:rows], std[:rows]
             if l - 1 < k:
                 layer["z"] = mean
-            inp = torch.cat([layer["z"], g], dim=1)
+            if branches is None:
+                inp = torch.cat([layer["z"], g], dim=1)
+            else:
+                drawn = mean if branches == "mean" else mean + std * torch.randn_like(std)
+                inp = torch.cat([torch.cat([layer["z"], drawn]), torch.cat([g[:rows], g])], dim=1)
         params = self.out_proj(F.relu(self.down_stages[0](inp)))
-        return self.head.log_prob(params, x), layers
+        target = x if branches is None else x.repeat(L, *([1] * (x.dim() - 1)))
+        return self.head.log_prob(params, target), layers
 
     def bound(self, x: torch.Tensor, noise: list[torch.Tensor], k: int = 0) -> BoundTerms:
         rows = x.shape[0]
@@ -403,9 +439,19 @@ class HierarchicalVAE(Backbone):
         self, x: torch.Tensor, beta: float, free_bits: float
     ) -> tuple[torch.Tensor, dict[str, float]]:
         noise = [torch.randn(x.shape[0], *s, device=x.device) for s in self._shapes]
-        log_px, layers = self._pass(x, noise, 0)
-        penalty = x.new_zeros(())
         logs: dict[str, float] = {}
+        if self.config.objective == "informative":
+            branch_ll, layers = self._pass(x, noise, 0, branches=self.config.informative_prior)
+            branch_ll = branch_ll.view(self.num_latent_layers, x.shape[0])
+            log_px = branch_ll[0]
+            # seed 000 eq. 10 (lambda = 1): the ELBO with LL^{>0} replaced by the mean of LL^{>k}, k = 0..L-1
+            reconstruction = log_px + self.config.informative_weight * (branch_ll.mean(0) - log_px)
+            for j in range(1, self.num_latent_layers):
+                logs[f"ll_k{j}"] = branch_ll[j].detach().mean().item()
+        else:
+            log_px, layers = self._pass(x, noise, 0)
+            reconstruction = log_px
+        penalty = x.new_zeros(())
         kl_total = torch.zeros_like(log_px)
         for l, layer in enumerate(layers):
             if self.config.kl_estimator == "analytic":
@@ -424,7 +470,7 @@ class HierarchicalVAE(Backbone):
                 share = layer["z"].shape[1] if mode == "position" else layer["z"][0].numel()
                 penalty = penalty + kl_el.clamp(min=free_bits / share).flatten(1).sum(1).mean()
             logs[f"kl_z{l + 1}"] = kl_ex.detach().mean().item()
-        loss = -log_px.mean() + beta * penalty
+        loss = -reconstruction.mean() + beta * penalty
         elbo = log_px - kl_total
         logs = {"loss": loss.item(), "elbo": elbo.detach().mean().item(), **logs}
         return loss, logs

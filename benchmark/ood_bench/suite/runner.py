@@ -27,6 +27,7 @@ from ood_bench.cache.store import ScoreStore
 from ood_bench.data import ImageSet
 from ood_bench.detectors.base import Batch, Detector
 from ood_bench.errors import UserError
+from ood_bench.hashing import digest
 from ood_bench.models.training import TrainedBackbone, train_or_load
 from ood_bench.registry import registry
 from ood_bench.report.leaderboard import write_leaderboard
@@ -105,9 +106,14 @@ def run_suite(
     trained: dict[tuple[str, int], TrainedBackbone] = {}
     for seed in suite.seeds:
         for label, spec in suite.detectors.items():
-            backbone = _backbone(suite, spec.backbone, seed, data, device, checkpoint_dir, trained, stats, console)
+            detector = _build_detector(suite, label)
+            # an ensemble detector needs seed variants s, s+1, ... of its backbone; each is an ordinary checkpoint
+            members = [
+                _backbone(suite, spec.backbone, seed + i, data, device, checkpoint_dir, trained, stats, console)
+                for i in range(detector.seed_variants())
+            ]
             evaluations.append(
-                _evaluate(suite, label, seed, backbone, data, store, batch_size, stats, console)
+                _evaluate(suite, label, seed, detector, members, data, store, batch_size, stats, console)
             )
 
     plan = {
@@ -181,16 +187,26 @@ def _backbone(
     return trained[(label, seed)]
 
 
+def _build_detector(suite: Suite, label: str) -> Detector:
+    spec = suite.detectors[label]
+    cls = registry("detectors").get(spec.detector or label)
+    return build_detector(cls, spec.params, f"detectors.{label}.params")
+
+
 def _evaluate(
-    suite: Suite, label: str, seed: int, backbone: TrainedBackbone, data: SuiteData, store: ScoreStore,
-    batch_size: int | None, stats: RunStats, console: Console,
+    suite: Suite, label: str, seed: int, detector: Detector, members: list[TrainedBackbone], data: SuiteData,
+    store: ScoreStore, batch_size: int | None, stats: RunStats, console: Console,
 ) -> dict[str, Any]:
-    """Score every evaluation set with one detector instance, resuming from the cache."""
+    """Score every evaluation set with one detector instance (on one backbone, or a list of seed variants
+    when the detector asks for several), resuming from the cache."""
     spec = suite.detectors[label]
     kind = spec.detector or label
-    cls = registry("detectors").get(kind)
-    detector: Detector = build_detector(cls, spec.params, f"detectors.{label}.params")
+    cls = type(detector)
     params = detector.get_params()
+    backbone = members[0]
+    # the score depends on every member's weights
+    backbone_hash = backbone.checkpoint_hash if len(members) == 1 else digest(
+        [m.checkpoint_hash for m in members])
     batch_size = batch_size or suite.evaluation.batch_size
     entry: dict[str, Any] = {
         "detector": label,
@@ -200,14 +216,16 @@ def _evaluate(
         "params_str": ", ".join(f"{k}={v}" for k, v in params.items()),
         "uses_auxiliary_data": bool(cls.uses_auxiliary_data),
         "seed": seed,
-        "backbone_checkpoint": backbone.checkpoint_hash,
+        "backbone_checkpoint": backbone_hash,
         "keys": {},
     }
+    if len(members) > 1:
+        entry["member_checkpoints"] = [m.checkpoint_hash for m in members]
     fitted = False
     t0 = time.perf_counter()
     for set_label, images in data.eval_sets.items():
         key, fields = score_key(
-            backbone_hash=backbone.checkpoint_hash, detector=kind, params=params,
+            backbone_hash=backbone_hash, detector=kind, params=params,
             detector_version=cls.version, dataset=images.fingerprint, seed=seed,
         )
         entry["keys"][set_label] = key
@@ -216,7 +234,7 @@ def _evaluate(
         todo = np.flatnonzero(~store.done_mask(key, len(images)))
         if todo.size:
             if not fitted:
-                detector.fit(backbone.model, data.train)
+                detector.fit(backbone.model if len(members) == 1 else [m.model for m in members], data.train)
                 fitted = True
             _score_missing(detector, f"{label}/{set_label}", images, todo, seed, key, store, batch_size, console)
             stats.scored_examples += int(todo.size)

@@ -1,0 +1,97 @@
+"""Adaptive likelihood ratio LLR^ada of Li et al. (seed 000 eq. 11; spec §5).
+
+For a hierarchical VAE with L latent layers:
+
+``LLR^ada(x) = sum_{k=0}^{L-1} w_k(x) * (LLR^{>k}(x) - LLR^{>k-1}(x))``, with ``LLR^{>-1} = 0``, ``w_0 = 1`` and
+``w_k = log p(x|z_{>k}) / log p(x|z_{>k-1})`` for k >= 1 (seed 000: R(x, z_{>k}) = 1 / log p(x|z_{>k})).
+
+Estimators (seed 000 does not spell them out; these are the harness's, spec §5):
+
+* ``L(x)``: the S-sample IWAE bound L_S over the full posterior (shared with ``likelihood`` and ``llr``);
+* ``L^{>k}(x)``: one pass with z_{>k} sampled from the posterior and z_{<=k} at the conditional-prior means
+  (k = 0: the ordinary single-sample ELBO), exactly ``llr``'s ``lk{k}`` estimate;
+* ``LLR^{>k} = L_S - L^{>k}`` (so LLR^{>0} is the IWAE gap L_S - ELBO), ``llr``'s ``llr_k{k}``;
+* ``log p(x|z_{>k})``: the likelihood term log p(x|z_1) of that same L^{>k} pass (k = 0: z_1 ~ q), so the
+  weights and LLR^{>k} of one k come from the same random draws.
+
+Outputs: ``llr_ada`` and the ``llr_k{k}`` (k >= 1) it is built from, higher = more OOD. Every estimate is
+memoised per backbone, so after ``llr`` ran on the same backbone in the same run only the combination is
+computed here. The weights need log p(x|.) < 0, true for probability-mass heads (Bernoulli on binarised
+images, discretised logistic mixture); backbones with a continuous density head are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ood_bench.detectors import estimators
+from ood_bench.detectors.base import Batch, Detector
+from ood_bench.errors import UserError
+
+# log p(x|.) of a probability mass is < 0; this only guards a float rounding to exactly 0.
+_MAX_LOG_PX = -1e-12
+
+
+def adaptive_weights(log_px: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``w_0 = 1`` and ``w_k = LL^{>k} / LL^{>k-1}`` per example, from the reconstruction terms LL^{>k}."""
+    ll = [np.minimum(np.asarray(v, dtype=np.float64), _MAX_LOG_PX) for v in log_px]
+    return [np.ones_like(ll[0])] + [ll[k] / ll[k - 1] for k in range(1, len(ll))]
+
+
+def adaptive_ratio(llr: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> np.ndarray:
+    """``sum_k w_k (LLR^{>k} - LLR^{>k-1})`` with ``LLR^{>-1} = 0`` (seed 000 eq. 11)."""
+    total = np.zeros_like(np.asarray(llr[0], dtype=np.float64))
+    previous = np.zeros_like(total)
+    for ratio, weight in zip(llr, weights, strict=True):
+        total = total + weight * (ratio - previous)
+        previous = ratio
+    return total
+
+
+class AdaptiveLikelihoodRatio(Detector):
+    """LLR^ada on any hierarchical backbone (plain or informative HVAE); see the module docstring.
+
+    Parameters
+    ----------
+    iwae_samples:
+        S for the IWAE estimate of L (seed 001 / 000 use 1000 importance samples).
+    """
+
+    name = "llr_ada"
+    version = "1"
+
+    def __init__(self, iwae_samples: int = 16):
+        if int(iwae_samples) < 1:
+            raise ValueError(f"iwae_samples must be a positive integer, got {iwae_samples!r}")
+        self.iwae_samples = int(iwae_samples)
+
+    def fit(self, backbone, id_train) -> AdaptiveLikelihoodRatio:
+        if getattr(backbone, "num_latent_layers", 1) < 2:
+            raise ValueError("llr_ada needs a hierarchical backbone with at least 2 latent layers")
+        head = getattr(backbone, "head", None)
+        if not getattr(head, "is_probability_mass", False):
+            head_name = type(head).__name__ if head is not None else "no `head` attribute"
+            raise UserError(
+                f"Detector llr_ada cannot score backbone {type(backbone).__name__} with likelihood head "
+                f"{head_name}: its adaptive weights divide log p(x|z_{{>k}}) by log p(x|z_{{>k-1}}), which is "
+                f"only meaningful when log p(x|.) is strictly negative, i.e. for a probability mass such as the "
+                f"Bernoulli or discretised logistic mixture heads (a head declares it with "
+                f"`is_probability_mass = True`). Use one of those likelihoods for this backbone, or score it "
+                f"with `llr` instead."
+            )
+        return super().fit(backbone, id_train)
+
+    def outputs(self) -> list[str]:
+        return ["llr_ada"] + [f"llr_k{k}" for k in range(1, self.backbone_.num_latent_layers)]
+
+    def score(self, batch: Batch) -> dict[str, np.ndarray]:
+        model = self.backbone_
+        x = self._model_input(batch)
+        terms = [estimators.bound_terms(model, batch, x, k) for k in range(model.num_latent_layers)]
+        iwae = estimators.iwae_bound(model, batch, x, self.iwae_samples)
+        llr = [iwae - bound for bound, _ in terms]
+        out = {"llr_ada": adaptive_ratio(llr, adaptive_weights([log_px for _, log_px in terms]))}
+        out.update({f"llr_k{k}": llr[k] for k in range(1, model.num_latent_layers)})
+        return out
