@@ -5,7 +5,9 @@ Usage: python benchmarks/informative_collapse.py suites/fmnist.yaml VARIANT [VAR
 
 Each VARIANT is ``name`` or ``name:key=value,key=value`` with HVAE parameters added to the suite's ``hvae``
 backbone (e.g. ``paper:objective=informative`` or ``w03:objective=informative,informative_weight=0.3``);
-``elbo`` alone is the plain backbone. Every variant trains (or loads from the checkpoint cache) through
+keys prefixed ``train.`` change the training settings instead (e.g. ``fb:objective=informative,
+train.free_bits_hold_fraction=0.6,train.free_bits_end_fraction=0.9``); ``elbo`` alone is the plain
+backbone. Every variant trains (or loads from the checkpoint cache) through
 ``train_or_load`` with the suite's training settings and data, so a variant identical to a suite backbone
 reuses its checkpoint. Then ``llr_ada`` (S = 8) scores the first N FashionMNIST test images (the suite's
 seeded subset) and N MNIST images. Prints one Markdown row per variant: per-layer KL on the validation
@@ -74,8 +76,9 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---|---:|---:|---:|")
     for text in args.variants:
         name, extra = parse_variant(text)
-        params = dict(base.params) | extra
-        trained = train_or_load(base.kind, registry("backbones").get(base.kind), params, train, data.train,
+        params = dict(base.params) | {k: v for k, v in extra.items() if not k.startswith("train.")}
+        variant_train = train | {k[6:]: v for k, v in extra.items() if k.startswith("train.")}
+        trained = train_or_load(base.kind, registry("backbones").get(base.kind), params, variant_train, data.train,
                                 data.val, seed=suite.seeds[0], device="cpu", checkpoint_dir=args.checkpoints)
         meta = trained.metadata
         det = AdaptiveLikelihoodRatio(iwae_samples=8).fit(trained.model, data.train)
