@@ -165,8 +165,10 @@ def test_waic_of_identical_models_is_minus_their_mean(images):
     np.testing.assert_allclose(out["waic"], -estimators.iwae_bound(model, batch, x, 4), rtol=1e-12)
 
 
-def test_waic_is_mean_minus_population_variance(images):
-    members = [_model(seed) for seed in range(3)]
+@pytest.mark.parametrize("layers", [1, 3])  # one latent layer: the plain VAE case
+def test_waic_is_mean_minus_population_variance(images, layers):
+    shapes = {"latent_shapes": TINY["latent_shapes"][:layers], "kernel_sizes": [3] * layers}
+    members = [_model(seed, **shapes) for seed in range(3)]
     out = _score(WAIC(members=3, iwae_samples=2).fit(members, images), images, 13, members)
     batch = Batch(torch.from_numpy(images.images), np.arange(len(images)), images.fingerprint, 0)
     x = members[0].prepare(batch.images, batch.generators("input"))
