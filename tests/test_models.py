@@ -10,7 +10,7 @@ import torch
 from ood_bench.data.imageset import ImageSet
 from ood_bench.models.base import BoundTerms
 from ood_bench.models.heads import DiscretizedLogisticMixtureHead
-from ood_bench.models.hvae import HierarchicalVAE
+from ood_bench.models.hvae import HierarchicalVAE, ResBlock
 from ood_bench.models.training import TrainConfig, TrainingStopped, train_or_load
 from ood_bench.numerics import example_generators, log_mean_exp
 from rich.console import Console
@@ -265,3 +265,14 @@ def test_checkpoint_key_changes_with_inputs(tmp_path):
                           device="cpu", checkpoint_dir=tmp_path, console=Console(quiet=True))
     assert other.path != base.path and other.steps_this_call == 3
     assert math.isfinite(other.metadata["best_val_elbo"])
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_compact_stages_have_no_residual_blocks_and_fit_every_shape(shape):
+    model = HierarchicalVAE.from_params({"channels": 4, "blocks_per_stage": 0, "dense_width": 8}, shape)
+    assert not any(isinstance(m, ResBlock) for m in model.modules())
+    assert isinstance(model.out_proj, torch.nn.ConvTranspose2d)  # the decoder's last upsampling
+    x = model.prepare(_images(3, shape), example_generators(0, "compact", range(3), "input"))
+    model.data_dependent_init(x)
+    terms = model.bound(x, model.draw_noise(example_generators(0, "compact", range(3), "z"), 1))
+    assert terms.log_px.shape == (3,) and torch.isfinite(terms.bound).all()

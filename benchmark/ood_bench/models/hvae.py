@@ -50,6 +50,10 @@ class HVAEConfig:
     colour [[8, H/2, W/2], [16, H/4, W/4], [32, H/8, W/8]]."""
     channels: int = 64
     blocks_per_stage: int = 3
+    """Residual blocks per deterministic stage. 0 builds compact plain stages instead: a 4x4 stride-2
+    convolution per halving (transposed going down) and one ``kernel`` convolution per map stage, a
+    two-layer MLP per dense stage, and the last upsampling of the decoder as its output layer (the
+    cpu-budget prototype of ``cpu-hvae-notes.md``, whose LLR>k beats the residual stages at equal budget)."""
     kernel_sizes: list[int] | None = None
     """Odd kernel size per stage, bottom first. Default [5, 3, 3, ...]."""
     dense_width: int = 256
@@ -81,8 +85,8 @@ class HVAEConfig:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.channels, int) and self.channels > 0, "channels", "a positive integer")
-        _check(isinstance(self.blocks_per_stage, int) and self.blocks_per_stage > 0, "blocks_per_stage",
-               "a positive integer")
+        _check(isinstance(self.blocks_per_stage, int) and self.blocks_per_stage >= 0, "blocks_per_stage",
+               "a non-negative integer (0 = compact stages without residual blocks)")
         _check(isinstance(self.dense_width, int) and self.dense_width > 0, "dense_width",
                "a positive integer")
         _check(isinstance(self.dlm_components, int) and self.dlm_components > 0, "dlm_components",
@@ -127,6 +131,12 @@ def _wn(module: nn.Module, enabled: bool) -> nn.Module:
 
 def _conv(cin: int, cout: int, kernel: int, wn: bool, stride: int = 1) -> nn.Module:
     return _wn(nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2), wn)
+
+
+def _strided(cin: int, cout: int, wn: bool, up: bool) -> nn.Module:
+    """A 4x4 convolution that halves the resolution, or a transposed one that doubles it."""
+    conv = nn.ConvTranspose2d if up else nn.Conv2d
+    return _wn(conv(cin, cout, 4, stride=2, padding=1), wn)
 
 
 class ResBlock(nn.Module):
@@ -294,12 +304,17 @@ class HierarchicalVAE(Backbone):
             self.down_stages.append(self._down_stage(src, dst, cin, k))
             if l < L:
                 self.p_heads.append(GaussianHead(features(src), src.latent, 3, wn))
-        self.out_proj = _conv(ch, self.head.num_params, 3, wn)
+        if config.blocks_per_stage == 0 and levels[1].is_map and _halvings((h_x, w_x), levels[1].side) > 0:
+            self.out_proj = _strided(ch, self.head.num_params, wn, up=True)
+        else:
+            self.out_proj = _conv(ch, self.head.num_params, 3, wn)
 
     # -------------------------------------------------------------------- construction helpers
     def _up_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
         cfg = self.config
         wn, ch, width, nb = cfg.weight_norm, cfg.channels, cfg.dense_width, cfg.blocks_per_stage
+        if nb == 0:
+            return self._compact_up_stage(src, dst, cin, kernel)
         if src.is_map and dst.is_map:
             steps = _halvings(src.side, dst.side)
             return nn.Sequential(_conv(cin, ch, kernel, wn), _map_blocks(ch, kernel, nb, steps, -1, wn))
@@ -315,6 +330,8 @@ class HierarchicalVAE(Backbone):
     def _down_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
         cfg = self.config
         wn, ch, width, nb = cfg.weight_norm, cfg.channels, cfg.dense_width, cfg.blocks_per_stage
+        if nb == 0:
+            return self._compact_down_stage(src, dst, cin, kernel)
         if src.is_map:
             steps = _halvings(dst.side, src.side)
             return nn.Sequential(_conv(cin, ch, kernel, wn), _map_blocks(ch, kernel, nb, steps, 1, wn))
@@ -326,6 +343,41 @@ class HierarchicalVAE(Backbone):
                 _Unflatten((ch, h, w)), _map_blocks(ch, kernel, nb, steps, 1, wn),
             )
         return nn.Sequential(_wn(nn.Linear(cin, width), wn), *[DenseResBlock(width, wn) for _ in range(nb)])
+
+    def _compact_up_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
+        wn, ch, width = self.config.weight_norm, self.config.channels, self.config.dense_width
+        if not src.is_map:
+            return nn.Sequential(_wn(nn.Linear(cin, width), wn), _Relu(), _wn(nn.Linear(width, width), wn))
+        if dst.is_map:
+            steps = _halvings(src.side, dst.side)
+            layers: list[nn.Module] = []
+            for i in range(steps):
+                layers += [_strided(cin if i == 0 else ch, ch, wn, up=False), _Relu()]
+            return nn.Sequential(*layers, _conv(cin if steps == 0 else ch, ch, kernel, wn))
+        even = src.side[0] % 2 == 0 and src.side[1] % 2 == 0
+        h, w = (src.side[0] // 2, src.side[1] // 2) if even else src.side
+        first = _strided(cin, ch, wn, up=False) if even else _conv(cin, ch, kernel, wn)
+        return nn.Sequential(first, _Relu(), _Flatten(), _wn(nn.Linear(ch * h * w, width), wn))
+
+    def _compact_down_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
+        wn, ch, width = self.config.weight_norm, self.config.channels, self.config.dense_width
+        if not src.is_map and not dst.is_map:
+            return nn.Sequential(_wn(nn.Linear(cin, width), wn), _Relu(), _wn(nn.Linear(width, width), wn))
+        if not src.is_map:
+            even = dst.side[0] % 2 == 0 and dst.side[1] % 2 == 0
+            h, w = (dst.side[0] // 2, dst.side[1] // 2) if even else dst.side
+            layers: list[nn.Module] = [_wn(nn.Linear(cin, width), wn), _Relu(), _wn(nn.Linear(width, ch * h * w), wn),
+                                       _Relu(), _Unflatten((ch, h, w))]
+            if even:
+                layers += [_strided(ch, ch, wn, up=True), _Relu()]
+            return nn.Sequential(*layers, _conv(ch, ch, kernel, wn))
+        steps = _halvings(dst.side, src.side)
+        if dst.latent == self.input_shape and steps > 0:
+            steps -= 1  # the output layer does the last upsampling
+        layers = [_conv(cin, ch, kernel, wn)]
+        for _ in range(steps):
+            layers += [_Relu(), _strided(ch, ch, wn, up=True)]
+        return nn.Sequential(*layers)
 
     # -------------------------------------------------------------------- Backbone API
     @classmethod
