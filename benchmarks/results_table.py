@@ -27,7 +27,7 @@ SCORES = {
     "LLR>2 (informative HVAE)": [("llr_ada", "llr_k2")],
     "LLR^ada (informative HVAE)": [("llr_ada", "llr_ada")],
     "LLR^ada (HVAE)": [("llr_ada_hvae", "llr_ada")],
-    "WAIC (5 models)": [("waic", "waic")],
+    "WAIC ensemble": [("waic", "waic")],
 }
 REFERENCES = ["seed001_table7_fmnist.csv", "seed000_fmnist.csv"]
 METRICS = ["auroc", "auprc_out", "fpr80_ood_pos"]
