@@ -194,11 +194,11 @@ class Rose(Detector):
         elif path is not None and path.exists():
             stats = load_checkpoint(path)
         else:
-            stats = self._compute(model, fit_set)
+            stats = {k: v.cpu() if torch.is_tensor(v) else v for k, v in self._compute(model, fit_set).items()}
             if path is not None:
                 save_atomic(stats, path)
         _MEMORY[key] = stats
-        self.stats_ = stats
+        self.stats_ = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in stats.items()}
         self.fit_key_ = key
         return self
 
