@@ -32,6 +32,10 @@ from ood_bench.registry import registry
 from ood_bench.suite.datasets import resolve
 from ood_bench.suite.load import build_detector, load_suite
 
+REGRET_TOLERANCE = 1e-2
+"""Nats. Batched and looped regret agree exactly in float64 (tests/test_vae_detectors.py); here both run in
+float32, where the convolutions of a vmapped and a plain pass round differently on bounds of ~250 nats."""
+
 
 def batches(images: np.ndarray, fingerprint: str, batch_size: int, seed: int = 0):
     for start in range(0, len(images), batch_size):
@@ -105,12 +109,12 @@ def main() -> None:
     ratios: list[tuple[str, float, float, float]] = []
     suite_regret = next(d for d in detectors.values() if isinstance(d, LikelihoodRegret))
     t_b, t_l, diff = regret_comparison(suite_regret, first)
-    assert diff < 1e-3, f"batched and looped regret differ by {diff}"
+    assert diff < REGRET_TOLERANCE, f"batched and looped regret differ by {diff}"
     ratios.append((f"likelihood regret, suite settings ({suite_regret.get_params()})", t_l, t_b, diff))
     enc = LikelihoodRegret(steps=20, iwae_samples=16, target="encoder").fit(model, None)
     small = next(batches(images[: min(args.loop_n, 16)], fp, args.loop_n))
     t_b, t_l, diff = regret_comparison(enc, small)
-    assert diff < 1e-3, f"batched and looped regret (encoder) differ by {diff}"
+    assert diff < REGRET_TOLERANCE, f"batched and looped regret (encoder) differ by {diff}"
     ratios.append((f"likelihood regret, encoder copy ({enc.get_params()}), {len(small.indices)} examples",
                    t_l, t_b, diff))
 
