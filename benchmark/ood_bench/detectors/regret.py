@@ -39,7 +39,7 @@ from ood_bench.numerics import log_mean_exp, stacked_normal
 TARGETS = ("encoder", "posterior")
 ENCODER_CHUNK = 32
 """Examples optimised together in ``encoder`` mode (bounds memory: each holds a copy of the encoder)."""
-IWAE_ROWS = 4096
+IWAE_ROWS = 1024
 """Decoder rows per pass of the IWAE estimate."""
 BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
