@@ -22,15 +22,20 @@ SCORES = {
     "L>2": [("llr", "lk2_bpd")],
     "LLR>1": [("llr", "llr_k1"), ("llr", "llr_elbo_k1")],
     "LLR>2": [("llr", "llr_k2"), ("llr", "llr_elbo_k2")],
+    # seed 003 (VAE-family detectors on the `vae` backbone)
+    "NLL": [("vae_likelihood", "iwae_bpd"), ("vae_likelihood", "elbo_bpd")],
+    "LR_E": [("likelihood_regret", "regret")],
+    "ROSE": [("rose", "rose")],
+    "ROSE-DIAG": [("rose_diag", "rose")],
 }
-METRICS = ["auroc", "auprc_out", "fpr80_ood_pos"]
 
 
 def comparison(run_dir: Path, reference: Path) -> pd.DataFrame:
     """One row per (OOD set, our output) with our metrics and the paper's for the matching score."""
-    ours = pd.read_csv(run_dir / "leaderboard.csv")
-    ours = ours[ours["metric"].isin(METRICS)]
     ref = pd.read_csv(reference, comment="#")
+    metrics = [c for c in ref.columns if c not in ("ood_set", "score")]  # the reference's metrics
+    ours = pd.read_csv(run_dir / "leaderboard.csv")
+    ours = ours[ours["metric"].isin(metrics)]
     sets = list(dict.fromkeys(ours["ood_set"]))
     rows = []
     for ood_set in sets:
@@ -42,9 +47,10 @@ def comparison(run_dir: Path, reference: Path) -> pd.DataFrame:
                 if mine.empty:
                     continue
                 row = {"OOD set": ood_set, "score": score, "ours (output)": f"{detector}/{output}"}
-                for m in METRICS:
+                for m in metrics:
                     row[f"{m} ours"] = f"{mine.get(m, float('nan')):.3f}"
-                    row[f"{m} paper"] = f"{paper[m].iloc[0]:.3f}" if not paper.empty else "–"
+                    known = not paper.empty and pd.notna(paper[m].iloc[0])
+                    row[f"{m} paper"] = f"{paper[m].iloc[0]:.3f}" if known else "–"
                 rows.append(row)
     return pd.DataFrame(rows)
 
