@@ -28,9 +28,13 @@ SCORES = {
     "LLR^ada (informative HVAE)": [("llr_ada", "llr_ada")],
     "LLR^ada (HVAE)": [("llr_ada_hvae", "llr_ada")],
     "WAIC ensemble": [("waic", "waic")],
+    # seed 003 (VAE-family detectors on the `vae` backbone)
+    "NLL": [("vae_likelihood", "iwae_bpd"), ("vae_likelihood", "elbo_bpd")],
+    "LR_E": [("likelihood_regret", "regret")],
+    "ROSE": [("rose", "rose")],
+    "ROSE-DIAG": [("rose_diag", "rose")],
 }
 REFERENCES = ["seed001_table7_fmnist.csv", "seed000_fmnist.csv"]
-METRICS = ["auroc", "auprc_out", "fpr80_ood_pos"]
 
 
 def read_references(paths: list[Path]) -> pd.DataFrame:
@@ -46,9 +50,10 @@ def read_references(paths: list[Path]) -> pd.DataFrame:
 
 def comparison(run_dir: Path, references: list[Path]) -> pd.DataFrame:
     """One row per (OOD set, our output) with our metrics and the paper's for the matching score."""
-    ours = pd.read_csv(run_dir / "leaderboard.csv")
-    ours = ours[ours["metric"].isin(METRICS)]
     ref = read_references(references)
+    metrics = [c for c in ref.columns if c not in ("ood_set", "score", "source")]  # the references' metrics
+    ours = pd.read_csv(run_dir / "leaderboard.csv")
+    ours = ours[ours["metric"].isin(metrics)]
     sets = list(dict.fromkeys(ours["ood_set"]))
     rows = []
     for ood_set in sets:
@@ -60,10 +65,10 @@ def comparison(run_dir: Path, references: list[Path]) -> pd.DataFrame:
                 if mine.empty:
                     continue
                 row = {"OOD set": ood_set, "score": score, "ours (output)": f"{detector}/{output}"}
-                for m in METRICS:
+                for m in metrics:
                     row[f"{m} ours"] = f"{mine.get(m, float('nan')):.3f}"
-                    cited = paper[m].iloc[0] if not paper.empty else float("nan")
-                    row[f"{m} paper"] = "–" if pd.isna(cited) else f"{cited:.3f}"
+                    known = not paper.empty and pd.notna(paper[m].iloc[0])
+                    row[f"{m} paper"] = f"{paper[m].iloc[0]:.3f}" if known else "–"
                 row["paper source"] = paper["source"].iloc[0] if not paper.empty else "–"
                 rows.append(row)
     return pd.DataFrame(rows)

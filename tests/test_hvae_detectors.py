@@ -17,6 +17,7 @@ from ood_bench.detectors.llr_ada import AdaptiveLikelihoodRatio, adaptive_ratio,
 from ood_bench.detectors.waic import WAIC
 from ood_bench.errors import UserError
 from ood_bench.models.hvae import HierarchicalVAE
+from ood_bench.models.vae import ConvVAE
 from ood_bench.registry import registry
 from rich.console import Console
 
@@ -165,10 +166,21 @@ def test_waic_of_identical_models_is_minus_their_mean(images):
     np.testing.assert_allclose(out["waic"], -estimators.iwae_bound(model, batch, x, 4), rtol=1e-12)
 
 
-@pytest.mark.parametrize("layers", [1, 3])  # one latent layer: the plain VAE case
-def test_waic_is_mean_minus_population_variance(images, layers):
+def _members(kind: str) -> list:
+    if kind == "vae":  # the plain conv VAE backbone
+        out = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            out.append(ConvVAE.from_params({"channels": [4, 8], "hidden": 16, "latent_dim": 4}, (1, 28, 28)).eval())
+        return out
+    layers = 1 if kind == "hvae1" else 3
     shapes = {"latent_shapes": TINY["latent_shapes"][:layers], "kernel_sizes": [3] * layers}
-    members = [_model(seed, **shapes) for seed in range(3)]
+    return [_model(seed, **shapes) for seed in range(3)]
+
+
+@pytest.mark.parametrize("kind", ["vae", "hvae1", "hvae3"])
+def test_waic_is_mean_minus_population_variance(images, kind):
+    members = _members(kind)
     out = _score(WAIC(members=3, iwae_samples=2).fit(members, images), images, 13, members)
     batch = Batch(torch.from_numpy(images.images), np.arange(len(images)), images.fingerprint, 0)
     x = members[0].prepare(batch.images, batch.generators("input"))
