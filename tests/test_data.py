@@ -100,8 +100,10 @@ def test_omniglot_is_deduplicated_and_white_background():
         with zipfile.ZipFile(Path(MIRROR) / "omniglot" / part) as archive:
             names.update(n.split("/", 1)[1] for n in archive.namelist() if n.endswith(".png"))
     omniglot = load_split("omniglot", "test")
+    train = load_split("omniglot", "train")  # disjoint alphabets, the auxiliary-data split
     assert len(names) == 4840
-    assert omniglot.images.shape == (4840, 1, 28, 28) and omniglot.images.dtype == np.uint8
+    assert len(omniglot) + len(train) == 4840 and len(train) == 1720
+    assert omniglot.images.shape == (3120, 1, 28, 28) and omniglot.images.dtype == np.uint8
     assert omniglot.images.mean() > 200  # black strokes on a white background, not inverted
     assert np.median(omniglot.images[:, 0, 0, 0]) == 255
     inverted = apply_transforms(omniglot, [{"name": "invert"}])
