@@ -1,0 +1,235 @@
+"""Plain convolutional VAE with one Gaussian latent (spec §1.1): the backbone of likelihood regret and ROSE.
+
+Encoder: ``len(channels)`` convolutions 4x4 / stride 2 / padding 1 with ReLU (28 -> 14 -> 7 for
+FashionMNIST with channels [32, 64]; 32 -> 16 -> 8 -> 4 for CIFAR10 with [64, 128, 256]), flatten, a
+dense layer of ``hidden`` units with ReLU, and a dense layer to the posterior mean and log-variance
+of z in R^d. Decoder: the mirror image (dense layers, transposed 4x4 / stride-2 convolutions) ending
+in the parameters of the likelihood head of :mod:`ood_bench.models.heads` (Bernoulli logits for
+binarised grayscale images, a discretised logistic mixture for colour). p(z) = N(0, I).
+
+No BatchNorm, unlike the DCGAN VAE of the likelihood-regret reference code: with BatchNorm an
+example's training-mode output depends on its batch-mates, and likelihood regret and ROSE need every
+forward pass to be a function of one example only (scores must not depend on the batch). Without it
+there is no train/eval distinction to get wrong when the encoder is copied and optimised per example.
+
+The ELBO is split into small methods (``encode``, ``decode``, ``log_px``, ``kl_analytic``) so that
+detectors and training objectives built on this backbone (BPVAE, negative sampling) can reuse them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ood_bench.models.base import Backbone, BoundTerms, config_from_params
+from ood_bench.models.heads import make_head
+from ood_bench.numerics import stacked_uniform
+
+_LOG_2PI = math.log(2.0 * math.pi)
+CPU_ROWS_PER_PASS = 512
+
+
+@dataclass
+class VAEConfig:
+    """Parameters of :class:`ConvVAE` (the ``params`` of a suite backbone entry).
+
+    ``None`` fields are derived from the input shape (grayscale / colour defaults of spec §1.1).
+    """
+
+    latent_dim: int | None = None
+    """d, the size of z. Default 16 for one channel (WAIC reference code), 100 for colour (seed 004)."""
+    channels: list[int] | None = None
+    """Output channels of the stride-2 encoder convolutions. Default [32, 64] for one channel,
+    [64, 128, 256] for colour."""
+    hidden: int = 256
+    """Width of the dense layer between the convolutions and the latent (0: none)."""
+    likelihood: str | None = None
+    """``bernoulli`` (binarised images) or ``dlm`` (discretised logistic mixture). Default: bernoulli for
+    one channel, dlm otherwise."""
+    dlm_components: int = 10
+    free_bits_per: str = "element"
+    """How the training free-bits budget lambda (nats) floors the KL: ``element`` = lambda / d on each latent
+    dimension of each example; ``layer`` = lambda on the batch-averaged KL."""
+
+    def __post_init__(self) -> None:
+        def positive_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+        _check(self.latent_dim is None or positive_int(self.latent_dim), "latent_dim", "a positive integer")
+        if self.channels is not None:
+            ok = isinstance(self.channels, (list, tuple)) and len(self.channels) >= 1 and all(
+                positive_int(c) for c in self.channels)
+            _check(ok, "channels", "a non-empty list of positive integers")
+            self.channels = list(self.channels)
+        _check(isinstance(self.hidden, int) and not isinstance(self.hidden, bool) and self.hidden >= 0,
+               "hidden", "an integer >= 0")
+        _check(self.likelihood in (None, "bernoulli", "dlm"), "likelihood", "'bernoulli' or 'dlm'")
+        _check(positive_int(self.dlm_components), "dlm_components", "a positive integer")
+        _check(self.free_bits_per in ("element", "layer"), "free_bits_per", "'element' or 'layer'")
+
+
+def _check(ok: bool, name: str, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"vae parameter {name!r} must be {expected}")
+
+
+def _halved(side: int) -> int:
+    """Output side of a 4x4 / stride-2 / padding-1 convolution."""
+    return (side + 2 - 4) // 2 + 1
+
+
+class ConvVAE(Backbone):
+    """Single-latent convolutional VAE; see the module docstring."""
+
+    MODEL_VERSION = "1"
+    Config = VAEConfig
+    num_latent_layers = 1
+
+    def __init__(self, config: VAEConfig, input_shape: tuple[int, int, int]):
+        super().__init__()
+        self.config = config
+        self.input_shape = tuple(int(d) for d in input_shape)
+        c_x, h, w = self.input_shape
+        gray = c_x == 1
+        self.latent_dim = config.latent_dim or (16 if gray else 100)
+        self.channels = list(config.channels or ([32, 64] if gray else [64, 128, 256]))
+        self.likelihood = config.likelihood or ("bernoulli" if gray else "dlm")
+        self.head = make_head(self.likelihood, c_x, config.dlm_components)
+
+        sides = [(h, w)]
+        for _ in self.channels:
+            sides.append((_halved(sides[-1][0]), _halved(sides[-1][1])))
+        if min(sides[-1]) < 1:
+            raise ValueError(f"vae: {len(self.channels)} stride-2 convolutions shrink {h}x{w} images to nothing;"
+                             " use fewer 'channels'")
+        flat = self.channels[-1] * sides[-1][0] * sides[-1][1]
+        d, hid = self.latent_dim, config.hidden
+
+        enc: list[nn.Module] = []
+        cin = c_x
+        for cout in self.channels:
+            enc += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.ReLU()]
+            cin = cout
+        enc.append(nn.Flatten())
+        enc += [nn.Linear(flat, hid), nn.ReLU(), nn.Linear(hid, 2 * d)] if hid else [nn.Linear(flat, 2 * d)]
+        self.encoder = nn.Sequential(*enc)
+
+        dec: list[nn.Module] = [nn.Linear(d, hid), nn.ReLU(), nn.Linear(hid, flat)] if hid else [nn.Linear(d, flat)]
+        dec += [nn.ReLU(), nn.Unflatten(1, (self.channels[-1], *sides[-1]))]
+        outs = list(reversed(self.channels[:-1])) + [self.head.num_params]
+        for i, cout in enumerate(outs):
+            src, dst = sides[-1 - i], sides[-2 - i]
+            pad = tuple(t - ((s - 1) * 2 - 2 + 4) for s, t in zip(src, dst, strict=True))
+            dec.append(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, output_padding=pad))
+            if i < len(outs) - 1:
+                dec.append(nn.ReLU())
+            cin = cout
+        self.decoder = nn.Sequential(*dec)
+
+    # -------------------------------------------------------------------- Backbone API
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> None:
+        config_from_params(VAEConfig, params, "vae")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], input_shape: tuple[int, int, int]) -> ConvVAE:
+        return cls(config_from_params(VAEConfig, params, "vae"), input_shape)
+
+    def resolved_params(self) -> dict[str, Any]:
+        out = asdict(self.config)
+        out.update(latent_dim=self.latent_dim, channels=list(self.channels), likelihood=self.likelihood)
+        return out
+
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        return [(self.latent_dim,)]
+
+    def prepare(self, images: torch.Tensor, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected uint8 images of shape (B, {self.input_shape}), got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if self.likelihood == "dlm":
+            return images.float() * (2.0 / 255.0) - 1.0
+        if generators is None:
+            u = torch.rand(images.shape, device=images.device)
+        else:
+            if len(generators) != images.shape[0]:
+                raise ValueError(f"{len(generators)} generators for {images.shape[0]} images")
+            u = stacked_uniform(generators, self.input_shape).to(images.device)
+        return (u < images.float() / 255.0).float()
+
+    # -------------------------------------------------------------------- the pieces of the ELBO
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z|x), each (B, d)."""
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of q(z|x), each (B, d)."""
+        mean, logvar = self.posterior(x)
+        return mean, torch.exp(0.5 * logvar)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Likelihood-head parameters of p(x|z) for latents (B, d)."""
+        return self.decoder(z)
+
+    def log_px(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) in nats per example from head parameters."""
+        return self.head.log_prob(params, x)
+
+    @staticmethod
+    def kl_analytic(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """KL(N(mean, exp(logvar)) || N(0, I)) per latent dimension, (B, d)."""
+        return 0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar)
+
+    def weights(self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> BoundTerms:
+        """``log p(x|z)`` and the MC term ``log q(z|x) - log p(z)`` at z = mean + exp(logvar / 2) * eps.
+
+        Any posterior parameters can be passed, e.g. those of an encoder optimised for one example.
+        """
+        z = mean + torch.exp(0.5 * logvar) * eps
+        log_q = (-0.5 * (eps**2 + _LOG_2PI) - 0.5 * logvar).sum(1)
+        log_p = (-0.5 * (z**2 + _LOG_2PI)).sum(1)
+        return BoundTerms(log_px=self.log_px(self.decode(z), x), kl=[log_q - log_p])
+
+    def bound(self, x: torch.Tensor, noise: list[torch.Tensor], k: int = 0) -> BoundTerms:
+        if k != 0:
+            raise ValueError(f"the vae has one latent layer, so only k = 0 is defined, got k = {k}")
+        if len(noise) != 1:
+            raise ValueError(f"expected noise for 1 layer, got {len(noise)}")
+        rows = x.shape[0]
+        if x.device.type == "cpu" and rows > CPU_ROWS_PER_PASS:
+            parts = [self.bound(x[i : i + CPU_ROWS_PER_PASS], [noise[0][i : i + CPU_ROWS_PER_PASS]])
+                     for i in range(0, rows, CPU_ROWS_PER_PASS)]
+            return BoundTerms(log_px=torch.cat([p.log_px for p in parts]),
+                              kl=[torch.cat([p.kl[0] for p in parts])])
+        mean, logvar = self.posterior(x)
+        return self.weights(x, mean, logvar, noise[0])
+
+    def elbo_terms(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p(x|z) at one reparameterised sample (B,), analytic KL per dimension (B, d))``."""
+        mean, logvar = self.posterior(x)
+        z = mean + torch.exp(0.5 * logvar) * eps
+        return self.log_px(self.decode(z), x), self.kl_analytic(mean, logvar)
+
+    def kl_penalty(self, kl_dims: torch.Tensor, free_bits: float) -> torch.Tensor:
+        """The batch-mean KL term of the training loss, with the free-bits floor of ``free_bits_per``."""
+        if free_bits <= 0:
+            return kl_dims.sum(1).mean()
+        if self.config.free_bits_per == "layer":
+            return kl_dims.sum(1).mean().clamp(min=free_bits)
+        return kl_dims.clamp(min=free_bits / kl_dims.shape[1]).sum(1).mean()
+
+    def training_loss(
+        self, x: torch.Tensor, beta: float, free_bits: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        eps = torch.randn(x.shape[0], self.latent_dim, device=x.device)
+        log_px, kl_dims = self.elbo_terms(x, eps)
+        loss = -log_px.mean() + beta * self.kl_penalty(kl_dims, free_bits)
+        kl = kl_dims.sum(1)
+        return loss, {"loss": loss.item(), "elbo": (log_px - kl).detach().mean().item(),
+                      "kl_z1": kl.detach().mean().item()}
