@@ -9,6 +9,7 @@ import torch
 from ood_bench.data.imageset import ImageSet
 from ood_bench.detectors import Batch, estimators
 from ood_bench.models.hvae import HierarchicalVAE
+from ood_bench.models.vae import ConvVAE
 from ood_bench.registry import registry
 
 TINY = {"channels": 8, "blocks_per_stage": 1, "dense_width": 32}
@@ -40,10 +41,20 @@ def score_in_batches(detector, images, batch_size, seed=0):
 DETECTORS = sorted(registry("detectors").entries)
 
 
+def backbone_for(cls, model):
+    """The HVAE, or a tiny plain VAE built with the training objective a detector requires (bpvae, ...)."""
+    objective = getattr(cls, "objective", None)
+    if not objective:
+        return model
+    torch.manual_seed(0)
+    return ConvVAE.from_params({"channels": [4, 8], "hidden": 16, "latent_dim": 3, "objective": objective},
+                               (1, 28, 28)).eval()
+
+
 @pytest.mark.parametrize("name", DETECTORS)
 def test_common_detector_contract(name, model, images):
     cls = registry("detectors").entries[name]
-    det = cls().fit(model, images)
+    det = cls().fit(backbone_for(cls, model), images)
     assert set(det.get_params()) <= set(cls.__init__.__code__.co_varnames)
     full = score_in_batches(det, images, 21)
     assert set(full) == set(det.outputs())

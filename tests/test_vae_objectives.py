@@ -2,9 +2,13 @@
 
 import copy
 import io
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -12,7 +16,9 @@ from ood_bench.cli.main import main
 from ood_bench.data.imageset import ImageSet
 from ood_bench.detectors import Batch, estimators
 from ood_bench.detectors.input_complexity import InputComplexity, compressed_bits_per_dim
+from ood_bench.models import objectives
 from ood_bench.models.hvae import HierarchicalVAE
+from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import LN2
 from PIL import Image
 
@@ -107,3 +113,161 @@ def test_auxiliary_set_refusals_exit_2(tmp_path, capsys, aux, words):
     for word in words:
         assert word in message, message
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------ objectives
+TINY_VAE = {"channels": [4, 8], "hidden": 16, "latent_dim": 3}
+
+
+def _vae(seed=0, **params):
+    torch.manual_seed(seed)
+    return ConvVAE.from_params({**TINY_VAE, **params}, (1, 28, 28))
+
+
+def _inputs(model, n, seed):
+    rng = np.random.default_rng(seed)
+    return model.prepare(torch.from_numpy(rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8)), None)
+
+
+def test_gaussian_kl_hand_case():
+    # KL(N((0, 8), diag(1, 4)) || N(8·1, I)) = ½(1 + 64 - 1 - 0) + ½(4 + 0 - 1 - log 4) = 32 + 1.5 - log 2
+    kl = objectives.gaussian_kl(torch.tensor([[0.0, 8.0]], dtype=torch.float64),
+                                torch.tensor([[0.0, math.log(4.0)]], dtype=torch.float64), 8.0, 1.0)
+    assert kl.sum().item() == pytest.approx(33.5 - math.log(2.0), abs=1e-6)
+    # against N(0, 0.5²): ½((1 + 0)/0.25 - 1 - 0 + log 0.25) for a standard-normal posterior
+    assert objectives.gaussian_kl(torch.zeros(1, 1), torch.zeros(1, 1), 0.0, 0.5).item() == pytest.approx(
+        0.5 * (4.0 - 1.0 + math.log(0.25)), abs=1e-6)
+
+
+def test_bpvae_intended_and_literal_objectives():
+    plain = _vae()
+    x, y = _inputs(plain, 6, 0), _inputs(plain, 6, 1)
+
+    def loss(model, **kw):
+        torch.manual_seed(7)
+        return model.training_loss(x, 1.0, 0.0, **kw)[0].item()
+
+    torch.manual_seed(7)
+    elbo_sum = plain.training_loss(x, 1.0, 0.0)[0].item() + plain.training_loss(y, 1.0, 0.0)[0].item()
+    variants = {}
+    for name, op in [("s1", {"simple_prior_std": 1.0}), ("literal", {"simple_prior_std": 0.3, "literal_eq5": True}),
+                     ("intended", {"simple_prior_std": 0.3})]:
+        model = _vae(objective="bpvae", objective_params=op)
+        model.load_state_dict(plain.state_dict())
+        variants[name] = loss(model, aux=y)
+    # With σ_s = σ_b = 1, and always for the literal eq. 5, the objective is the ELBO on both minibatches.
+    assert variants["s1"] == pytest.approx(elbo_sum, rel=1e-6)
+    assert variants["literal"] == pytest.approx(elbo_sum, rel=1e-6)
+    # The intended objective differs by exactly the change of prior in the simple-set KL term.
+    mean, log_var = plain.posterior(y)
+    shift = (objectives.gaussian_kl(mean, log_var, 0.0, 0.3) - objectives.gaussian_kl(mean, log_var, 0.0, 1.0))
+    assert variants["intended"] - variants["literal"] == pytest.approx(shift.sum(1).mean().item(), rel=1e-4)
+    assert variants["intended"] != pytest.approx(variants["literal"], rel=1e-3)
+
+
+def test_negative_sampling_adds_the_negative_kl():
+    plain = _vae()
+    ns = _vae(objective="negative_sampling", objective_params={"negatives": "aux", "negative_shift": 8.0})
+    ns.load_state_dict(plain.state_dict())
+    x, neg = _inputs(plain, 5, 0), _inputs(plain, 5, 2)
+    torch.manual_seed(3)
+    base = plain.training_loss(x, 1.0, 0.0)[0].item()
+    torch.manual_seed(3)
+    total, logs = ns.training_loss(x, 1.0, 0.0, aux=neg)
+    mean, log_var = plain.posterior(neg)
+    expected = objectives.gaussian_kl(mean, log_var, 8.0, 1.0).sum(1).mean().item()
+    assert logs["kl_negative"] == pytest.approx(expected, rel=1e-6)
+    assert total.item() - base == pytest.approx(expected, rel=1e-5)
+
+
+def test_generated_negatives_generator_term_reaches_only_the_decoder():
+    grads = {}
+    for term in (False, True):
+        model = _vae(objective="negative_sampling",
+                     objective_params={"negatives": "generated", "generator_term": term})
+        x = _inputs(model, 4, 0)
+        torch.manual_seed(5)
+        loss, _ = model.training_loss(x, 1.0, 0.0)
+        loss.backward()
+        grads[term] = ({n: p.grad.clone() for n, p in model.encoder.named_parameters()},
+                       {n: p.grad.clone() for n, p in model.decoder.named_parameters()})
+        assert all(p.requires_grad for p in model.parameters())  # the freeze is undone
+    for n, g in grads[False][0].items():
+        torch.testing.assert_close(grads[True][0][n], g)  # encoder: unchanged by the generator term
+    assert any(not torch.allclose(grads[True][1][n], g) for n, g in grads[False][1].items())
+
+
+def test_objective_validation_and_aux_requirement():
+    with pytest.raises(ValueError, match="objective"):
+        _vae(objective="bpvea")
+    with pytest.raises(ValueError, match="do not apply"):
+        _vae(objective="bpvae", objective_params={"negative_shift": 3})
+    with pytest.raises(ValueError, match="bernoulli"):
+        torch.manual_seed(0)
+        ConvVAE.from_params({**TINY_VAE, "objective": "negative_sampling",
+                             "objective_params": {"negatives": "generated"}}, (3, 32, 32))
+    assert ConvVAE.auxiliary_use({"objective": "bpvae"}) == "required"
+    assert ConvVAE.auxiliary_use({"objective": "negative_sampling",
+                                  "objective_params": {"negatives": "uniform"}}) == "unused"
+    # the plain VAE's checkpoint key does not change because objectives exist
+    assert "objective" not in _vae().resolved_params()
+
+
+def test_objective_needing_aux_without_it_exits_2(tmp_path, capsys):
+    suite = copy.deepcopy(SUITE)
+    suite["backbones"] = {"bp": {"kind": "vae", "params": {"objective": "bpvae"}, "train": {"epochs": 1}}}
+    suite["detectors"] = {"bpvae": {"backbone": "bp"}}
+    status, message = run_cli(tmp_path, capsys, suite)
+    assert status == 2 and "backbones.bp.auxiliary" in message and "none is given" in message
+
+
+# ------------------------------------------------------------------------------------------ end to end
+E2E = """
+name: aux-tiny
+seeds: [0]
+in_distribution: {dataset: fashionmnist, validation_size: 200, max_train_examples: 600}
+ood:
+  - mnist
+  - omniglot                                   # split test: alphabets disjoint from the auxiliary split
+backbones:
+  bp:
+    kind: vae
+    params: {channels: [4, 8], hidden: 16, latent_dim: 4, objective: bpvae, objective_params: {simple_prior_std: 0.5}}
+    train: {epochs: 1, batch_size: 64}
+    auxiliary: {dataset: omniglot, split: train, max_examples: 300}
+  ns:
+    kind: vae
+    params: {channels: [4, 8], hidden: 16, latent_dim: 4, objective: negative_sampling,
+             objective_params: {negatives: uniform}}
+    train: {epochs: 1, batch_size: 64}
+detectors:
+  bpvae: {backbone: bp, params: {iwae_samples: 2}}
+  negative_sampling: {backbone: ns, params: {iwae_samples: 2}}
+  input_complexity: {backbone: ns, params: {iwae_samples: 2}}
+metrics: [auroc, fpr80_ood_pos]
+evaluation: {batch_size: 64, max_examples: 120, sanity: false}
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("OOD_BENCH_MIRROR") or not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs OOD_BENCH_MIRROR and the Debian dataset-fashion-mnist package")
+def test_tiny_suite_with_an_auxiliary_backbone(tmp_path, capsys):
+    path = tmp_path / "aux.yaml"
+    path.write_text(E2E)
+    status = main(["run", str(path), "--results", str(tmp_path / "results"), "--checkpoints", str(tmp_path / "ck")])
+    capsys.readouterr()
+    assert status == 0
+    run_dir = tmp_path / "results" / "aux-tiny"
+    plan = json.loads((run_dir / "run.json").read_text())
+    aux = {ev["detector"]: ev["uses_auxiliary_data"] for ev in plan["evaluations"]}
+    assert aux == {"bpvae": True, "negative_sampling": False, "input_complexity": False}
+    meta = plan["backbones"]["bp/seed0"]["metadata"]
+    assert meta["aux_data"]["n"] == 300 and meta["aux_data"]["name"].startswith("omniglot/train")
+    assert "aux_data" not in plan["backbones"]["ns/seed0"]["metadata"]
+    md = (run_dir / "leaderboard.md").read_text()
+    assert "bpvae †aux" in md and "negative_sampling †aux" not in md  # every leaderboard marks aux users
+    summary = pd.read_csv(run_dir / "leaderboard.csv")
+    outputs = set(zip(summary["detector"], summary["output"], strict=True))
+    assert {("bpvae", "bpd"), ("negative_sampling", "bpd"), ("negative_sampling", "kl"),
+            ("input_complexity", "ic_png"), ("input_complexity", "ic_jp2")} <= outputs
+    assert np.isfinite(summary["mean"]).all()

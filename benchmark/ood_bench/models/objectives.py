@@ -4,11 +4,12 @@
 example in nats, with analytic Gaussian KL divergences, then averaged over the minibatch.
 
 * ``elbo``: ``-[E_q log p(x|z) - KL(q(z|x) || N(0, I))]``.
-* ``bpvae`` (seed 002, eq. 5; spec §8): basic prior ``p_b = N(0, σ_b² I)`` for the in-distribution batch x,
+* ``bpvae`` (seed 002, eq. 5; spec §8): basic prior ``p_b = N(0, σ_b² I)`` for the in-distribution batch x
+  (σ_b = 1, the spec's default, so p_b is the VAE's own prior and every score of the backbone is under p_b),
   simple prior ``p_s = N(0, σ_s² I)`` for a batch y of the "simple" auxiliary set, shared encoder/decoder:
   ``-[E log p(x|z) - KL(q(z|x) || p_b)] - [E log p(y|z) - KL(q(z|y) || p_s)]``. Eq. 5 as printed uses p_b in
   both KL terms; its text says the s-prior models the simple data, so p_s is the default and
-  ``literal_eq5: true`` reproduces the printed equation. The model's own prior (used by every score) is p_b.
+  ``literal_eq5: true`` reproduces the printed equation (then the objective is the ELBO on both sets).
 * ``negative_sampling`` (seed 004; spec §9): ``-ELBO(x) + KL(q(z|x̄) || N(c·1, I))`` for a negative batch x̄
   (no reconstruction term for negatives). ``negatives``: ``aux`` (the backbone's auxiliary set),
   ``uniform`` (i.i.d. uniform 8-bit pixels, prepared like data), ``generated`` (the decoder's mean image for
@@ -17,18 +18,17 @@ example in nats, with analytic Gaussian KL divergences, then averaged over the m
   seed describes in one sentence, spec §14.9). The seed alternates encoder and decoder updates; here one
   optimiser step updates both, the generator term reaching only the decoder.
 
-A model using these objectives provides ``posterior(x) -> (mean, log_var)``, ``log_px_given_z(x, z)``,
-``decode_mean(z)`` (a batch in model-input space) and ``encoder_parameters()``.
+The model is the plain VAE of :mod:`ood_bench.models.vae`: ``posterior``, ``decode``, ``log_px``,
+``kl_penalty`` (its free-bits convention), ``latent_shapes``, ``prepare``, ``likelihood`` and ``encoder``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -38,27 +38,15 @@ OBJECTIVES = ("elbo", "bpvae", "negative_sampling")
 NEGATIVES = ("aux", "uniform", "generated")
 
 
-class ObjectiveModel(Protocol):
-    """What an objective needs from the VAE."""
-
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def log_px_given_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor: ...
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor: ...
-    def encoder_parameters(self) -> Iterator[torch.nn.Parameter]: ...
-    def latent_shapes(self) -> list[tuple[int, ...]]: ...
-    def prepare(self, images: torch.Tensor, generators: None) -> torch.Tensor: ...
-
-
 @dataclass(frozen=True)
 class ObjectiveParams:
     """Settings of the objectives (``objective_params`` of the VAE; each objective reads its own).
 
-    ``basic_prior_std`` σ_b and ``simple_prior_std`` σ_s (BPVAE; seed 002 gives no values, the spec's
-    defaults are σ_b = 1 and σ_s ∈ {0.1, 0.3, 0.5}); ``literal_eq5``; ``negatives``, ``negative_shift`` c
-    (seed 004: 8 for 28×28 grey, 25 for 32×32 colour) and ``generator_term`` (negative sampling).
+    ``simple_prior_std`` σ_s (BPVAE; seed 002 gives no value, the spec's sweep is σ_s ∈ {0.1, 0.3, 0.5}
+    with σ_b = 1); ``literal_eq5``; ``negatives``, ``negative_shift`` c (seed 004: 8 for 28×28 grey, 25
+    for 32×32 colour) and ``generator_term`` (negative sampling).
     """
 
-    basic_prior_std: float = 1.0
     simple_prior_std: float = 0.5
     literal_eq5: bool = False
     negatives: str = "aux"
@@ -71,16 +59,15 @@ def validate(objective: str, params: dict[str, Any]) -> ObjectiveParams:
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     cfg = config_from_params(ObjectiveParams, params or {}, "objective")
-    owners = {"basic_prior_std": "bpvae", "simple_prior_std": "bpvae", "literal_eq5": "bpvae",
+    owners = {"simple_prior_std": "bpvae", "literal_eq5": "bpvae",
               "negatives": "negative_sampling", "negative_shift": "negative_sampling",
               "generator_term": "negative_sampling"}
     foreign = sorted(k for k in params or {} if owners[k] != objective)
     if foreign:
         raise ValueError(f"objective_params {', '.join(foreign)} do not apply to objective {objective!r}")
-    for name in ("basic_prior_std", "simple_prior_std"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-            raise ValueError(f"objective_params.{name} must be a positive number, got {v!r}")
+    v = cfg.simple_prior_std
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"objective_params.simple_prior_std must be a positive number, got {v!r}")
     if cfg.negatives not in NEGATIVES:
         raise ValueError(f"objective_params.negatives must be one of {', '.join(NEGATIVES)}, got {cfg.negatives!r}")
     if isinstance(cfg.negative_shift, bool) or not isinstance(cfg.negative_shift, (int, float)):
@@ -91,8 +78,11 @@ def validate(objective: str, params: dict[str, Any]) -> ObjectiveParams:
     return cfg
 
 
-def as_dict(cfg: ObjectiveParams) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def check_likelihood(objective: str, cfg: ObjectiveParams, likelihood: str) -> None:
+    """Generated negatives are the decoder's Bernoulli means; other heads have no such image here."""
+    if objective == "negative_sampling" and cfg.negatives == "generated" and likelihood != "bernoulli":
+        raise ValueError(f"negatives 'generated' needs the bernoulli likelihood, not {likelihood!r}; "
+                         f"use negatives 'aux' or 'uniform'")
 
 
 def auxiliary_use(objective: str, cfg: ObjectiveParams) -> str:
@@ -101,32 +91,22 @@ def auxiliary_use(objective: str, cfg: ObjectiveParams) -> str:
     return "required" if needs else "unused"
 
 
-def prior_std(objective: str, cfg: ObjectiveParams) -> float:
-    """Standard deviation of the model's prior p(z) = N(0, σ² I): σ_b for BPVAE, 1 otherwise."""
-    return float(cfg.basic_prior_std) if objective == "bpvae" else 1.0
-
-
 def gaussian_kl(mean: torch.Tensor, log_var: torch.Tensor, prior_mean: float, prior_std: float) -> torch.Tensor:
-    """``KL(N(mean, exp(log_var)) || N(prior_mean, prior_std²))`` per example, summed over latent dimensions:
-    ``½ Σ_j [(σ_j² + (μ_j - m)²)/s² - 1 - log σ_j² + log s²]``."""
+    """``KL(N(mean, exp(log_var)) || N(prior_mean, prior_std²))`` per latent dimension, (B, d):
+    ``½ [(σ_j² + (μ_j - m)²)/s² - 1 - log σ_j² + log s²]``."""
     s2 = float(prior_std) ** 2
-    kl = 0.5 * ((log_var.exp() + (mean - prior_mean) ** 2) / s2 - 1.0 - log_var + math.log(s2))
-    return kl.flatten(1).sum(1)
+    return 0.5 * ((log_var.exp() + (mean - prior_mean) ** 2) / s2 - 1.0 - log_var + math.log(s2))
 
 
-def _elbo_terms(model: ObjectiveModel, x: torch.Tensor, prior_sd: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(x|z) at one reparameterised posterior sample, analytic KL to N(0, prior_sd²)), per example."""
+def _elbo_terms(model: Any, x: torch.Tensor, prior_sd: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(x|z) at one reparameterised posterior sample (B,), analytic KL to N(0, prior_sd²) (B, d))."""
     mean, log_var = model.posterior(x)
     z = mean + torch.randn_like(mean) * (0.5 * log_var).exp()
-    return model.log_px_given_z(x, z), gaussian_kl(mean, log_var, 0.0, prior_sd)
-
-
-def _penalty(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
-    return kl.mean() if free_bits <= 0 else kl.mean().clamp(min=free_bits)
+    return model.log_px(model.decode(z), x), gaussian_kl(mean, log_var, 0.0, prior_sd)
 
 
 @contextmanager
-def _frozen(params: Iterator[torch.nn.Parameter]) -> Iterator[None]:
+def _frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
     """Parameters that receive no gradient from what is computed inside (inputs still do)."""
     params = [p for p in params if p.requires_grad]
     for p in params:
@@ -139,7 +119,7 @@ def _frozen(params: Iterator[torch.nn.Parameter]) -> Iterator[None]:
 
 
 def training_loss(
-    model: ObjectiveModel, objective: str, cfg: ObjectiveParams, x: torch.Tensor, beta: float, free_bits: float,
+    model: Any, objective: str, cfg: ObjectiveParams, x: torch.Tensor, beta: float, free_bits: float,
     aux: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Scalar loss of ``objective`` on the minibatch ``x`` (and ``aux``), with per-batch logs in nats/example.
@@ -150,15 +130,13 @@ def training_loss(
     """
     if auxiliary_use(objective, cfg) == "required" and aux is None:
         raise ValueError(f"objective {objective!r} needs an auxiliary minibatch")
-    sd = prior_std(objective, cfg)
-    log_px, kl = _elbo_terms(model, x, sd)
-    loss = -log_px.mean() + beta * _penalty(kl, free_bits)
-    logs = {"elbo": (log_px - kl).detach().mean().item(), "kl_z1": kl.detach().mean().item()}
+    log_px, kl = _elbo_terms(model, x, 1.0)
+    loss = -log_px.mean() + beta * model.kl_penalty(kl, free_bits)
+    logs = {"elbo": (log_px - kl.sum(1)).detach().mean().item(), "kl_z1": kl.sum(1).detach().mean().item()}
     if objective == "bpvae":
-        simple_sd = sd if cfg.literal_eq5 else float(cfg.simple_prior_std)
-        log_py, kl_y = _elbo_terms(model, aux, simple_sd)
-        loss = loss - log_py.mean() + beta * _penalty(kl_y, free_bits)
-        logs["elbo_simple"] = (log_py - kl_y).detach().mean().item()
+        log_py, kl_y = _elbo_terms(model, aux, 1.0 if cfg.literal_eq5 else float(cfg.simple_prior_std))
+        loss = loss - log_py.mean() + beta * model.kl_penalty(kl_y, free_bits)
+        logs["elbo_simple"] = (log_py - kl_y.sum(1)).detach().mean().item()
     elif objective == "negative_sampling":
         if cfg.negatives == "aux":
             negatives = aux
@@ -167,16 +145,16 @@ def training_loss(
             negatives = model.prepare(noise, None)
         else:
             z = torch.randn(x.shape[0], *model.latent_shapes()[0], device=x.device)
-            generated = model.decode_mean(z)
+            generated = torch.sigmoid(model.decode(z))  # Bernoulli means, in the model's input space
             if cfg.generator_term:
-                with _frozen(model.encoder_parameters()):
+                with _frozen(model.encoder.parameters()):
                     g_mean, g_log_var = model.posterior(generated)
-                    gen_kl = gaussian_kl(g_mean, g_log_var, 0.0, 1.0)
+                    gen_kl = gaussian_kl(g_mean, g_log_var, 0.0, 1.0).sum(1)
                 loss = loss + gen_kl.mean()
                 logs["kl_generated_pos"] = gen_kl.detach().mean().item()
             negatives = generated.detach()
         n_mean, n_log_var = model.posterior(negatives)
-        neg_kl = gaussian_kl(n_mean, n_log_var, float(cfg.negative_shift), 1.0)
+        neg_kl = gaussian_kl(n_mean, n_log_var, float(cfg.negative_shift), 1.0).sum(1)
         loss = loss + neg_kl.mean()
         logs["kl_negative"] = neg_kl.detach().mean().item()
     logs = {"loss": loss.item(), **logs}
