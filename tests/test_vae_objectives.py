@@ -65,6 +65,7 @@ def test_ic_is_model_bpd_minus_compressed_bpd_of_the_binarised_image(hvae):
     det = InputComplexity(iwae_samples=3).fit(hvae, images)
     scores = det.score(batch)
     iwae = estimators.memoised(hvae, batch, "iwae3", lambda r, g: None)  # memoised by the detector already
+    assert np.isfinite(iwae).all()
     x = det._model_input(batch)
     seen = (x.numpy() > 0.5).astype(np.uint8) * 255  # the Bernoulli backbone models the binarised image
     assert set(np.unique(seen)) <= {0, 255}

@@ -1,7 +1,8 @@
 """Input complexity (Serrà et al., ICLR 2020; spec §10): model bits/dim minus compressed bits/dim.
 
 ``S(x) = bpd_M(x) - L_c(x)`` with ``bpd_M = -log p_M(x) / (D ln 2)`` the model's negative log-likelihood
-(IWAE bound, the estimate the ``likelihood`` detector memoises, so it is computed once per example) and
+(the IWAE bound with ``iwae_samples`` samples, or the single-sample ELBO for 1: the estimates the
+``likelihood`` detector memoises, so each is computed once per example) and
 ``L_c(x) = 8 |C(x)| / D`` the length in bits/dim of the lossless encoding ``C(x)`` of the uint8 image the
 model sees (for a Bernoulli backbone: its fixed binarisation, as 0/255), ``D = C·H·W``. Higher = more OOD.
 Both terms are in bits/dim, unlike the Likelihood-Regret reference code, which subtracts PNG bits from
@@ -75,7 +76,8 @@ class InputComplexity(Detector):
     Parameters
     ----------
     iwae_samples:
-        S of the IWAE bound used for ``bpd_M`` (shared with the ``likelihood`` detector's memo when equal).
+        S of the IWAE bound used for ``bpd_M``; 1 means the single-sample ELBO (the ``likelihood``
+        detector's ``elbo_bpd``, shared with it).
     compressors:
         Which compressors to report: any of ``png``, ``jp2``.
     """
@@ -100,9 +102,7 @@ class InputComplexity(Detector):
         model = self.backbone_
         x = self._model_input(batch)
         dims = math.prod(model.input_shape)
-        iwae = estimators.memoised(model, batch, f"iwae{self.iwae_samples}",
-                                   lambda r, g: estimators.iwae(model, x[r], g, self.iwae_samples))
-        bpd = bits_per_dim(iwae, dims)
+        bpd = bits_per_dim(estimators.log_likelihood(model, batch, x, self.iwae_samples), dims)
         seen = seen_images(model, x, batch.images)
         return {f"ic_{c}": bpd - np.array([compressed_bits_per_dim(im, c) for im in seen], dtype=np.float64)
                 for c in self.compressors}
