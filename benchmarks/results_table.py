@@ -22,14 +22,21 @@ SCORES = {
     "L>2": [("llr", "lk2_bpd")],
     "LLR>1": [("llr", "llr_k1"), ("llr", "llr_elbo_k1")],
     "LLR>2": [("llr", "llr_k2"), ("llr", "llr_elbo_k2")],
+    # seeds 002-004 (benchmarks/reference/seeds_vae_objectives_fmnist.csv)
+    "IC(png)": [("input_complexity", "ic_png")],
+    "IC(jp2)": [("input_complexity", "ic_jp2")],
+    "BPVAE": [("bpvae", "bpd")],
+    "NS AUC-BPD": [("negative_sampling", "bpd")],
+    "NS AUC-KL": [("negative_sampling", "kl")],
 }
 METRICS = ["auroc", "auprc_out", "fpr80_ood_pos"]
 
 
-def comparison(run_dir: Path, reference: Path) -> pd.DataFrame:
-    """One row per (OOD set, our output) with our metrics and the paper's for the matching score."""
+def comparison(run_dir: Path, reference: Path, metrics: list[str] = METRICS) -> pd.DataFrame:
+    """One row per (OOD set, our output) with our metrics and the paper's for the matching score
+    ("–" where the paper reports none; several reference rows of one score are joined with " / ")."""
     ours = pd.read_csv(run_dir / "leaderboard.csv")
-    ours = ours[ours["metric"].isin(METRICS)]
+    ours = ours[ours["metric"].isin(metrics)]
     ref = pd.read_csv(reference, comment="#")
     sets = list(dict.fromkeys(ours["ood_set"]))
     rows = []
@@ -42,9 +49,10 @@ def comparison(run_dir: Path, reference: Path) -> pd.DataFrame:
                 if mine.empty:
                     continue
                 row = {"OOD set": ood_set, "score": score, "ours (output)": f"{detector}/{output}"}
-                for m in METRICS:
+                for m in metrics:
                     row[f"{m} ours"] = f"{mine.get(m, float('nan')):.3f}"
-                    row[f"{m} paper"] = f"{paper[m].iloc[0]:.3f}" if not paper.empty else "–"
+                    values = paper[m].dropna() if m in paper else pd.Series(dtype=float)
+                    row[f"{m} paper"] = " / ".join(f"{v:.3f}" for v in values) if len(values) else "–"
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -54,10 +62,11 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--reference", type=Path,
                         default=Path(__file__).parent / "reference" / "seed001_table7_fmnist.csv")
+    parser.add_argument("--metrics", nargs="+", default=METRICS)
     args = parser.parse_args()
     plan = json.loads((args.run_dir / "run.json").read_text())
     prov = plan["provenance"]
-    table = comparison(args.run_dir, args.reference)
+    table = comparison(args.run_dir, args.reference, args.metrics)
     print(f"Suite `{plan['suite']}`, profile `{plan['profile']}`, device {prov['device']}, commit "
           f"`{prov['git_revision']}`, {prov['machine']}, {prov['date']}.")
     for i, run in enumerate(plan.get("history", [prov | {"wall_s": prov["wall_s"]["total"]}]), 1):
