@@ -22,6 +22,11 @@ SCORES = {
     "L>2": [("llr", "lk2_bpd")],
     "LLR>1": [("llr", "llr_k1"), ("llr", "llr_elbo_k1")],
     "LLR>2": [("llr", "llr_k2"), ("llr", "llr_elbo_k2")],
+    # seed 003 (VAE-family detectors on the `vae` backbone)
+    "NLL": [("vae_likelihood", "iwae_bpd"), ("vae_likelihood", "elbo_bpd")],
+    "LR_E": [("likelihood_regret", "regret")],
+    "ROSE": [("rose", "rose")],
+    "ROSE-DIAG": [("rose_diag", "rose")],
     # seeds 002-004 (benchmarks/reference/seeds_vae_objectives_fmnist.csv)
     "IC(png)": [("input_complexity", "ic_png")],
     "IC(jp2)": [("input_complexity", "ic_jp2")],
@@ -29,15 +34,16 @@ SCORES = {
     "NS AUC-BPD": [("negative_sampling", "bpd")],
     "NS AUC-KL": [("negative_sampling", "kl")],
 }
-METRICS = ["auroc", "auprc_out", "fpr80_ood_pos"]
 
 
-def comparison(run_dir: Path, reference: Path, metrics: list[str] = METRICS) -> pd.DataFrame:
+def comparison(run_dir: Path, reference: Path, metrics: list[str] | None = None) -> pd.DataFrame:
     """One row per (OOD set, our output) with our metrics and the paper's for the matching score
-    ("–" where the paper reports none; several reference rows of one score are joined with " / ")."""
+    ("–" where the paper reports none; several reference rows of one score are joined with " / ").
+    ``metrics``: default, the reference's metric columns (all but ood_set, score and source)."""
+    ref = pd.read_csv(reference, comment="#")
+    metrics = metrics or [c for c in ref.columns if c not in ("ood_set", "score", "source")]
     ours = pd.read_csv(run_dir / "leaderboard.csv")
     ours = ours[ours["metric"].isin(metrics)]
-    ref = pd.read_csv(reference, comment="#")
     sets = list(dict.fromkeys(ours["ood_set"]))
     rows = []
     for ood_set in sets:
@@ -62,7 +68,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--reference", type=Path,
                         default=Path(__file__).parent / "reference" / "seed001_table7_fmnist.csv")
-    parser.add_argument("--metrics", nargs="+", default=METRICS)
+    parser.add_argument("--metrics", nargs="+", default=None, help="default: the reference's metric columns")
     args = parser.parse_args()
     plan = json.loads((args.run_dir / "run.json").read_text())
     prov = plan["provenance"]

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from ood_bench.detectors import Batch
+from ood_bench.data.imageset import ImageSet
+from ood_bench.detectors import Batch, rose
+from ood_bench.detectors.regret import LikelihoodRegret, regret_reference_loop
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import example_generators
 from ood_bench.registry import registry
@@ -98,3 +100,121 @@ def test_likelihood_detector_runs_on_the_vae():
     assert scores["iwae_bpd"].dtype == np.float64 and np.isfinite(scores["iwae_bpd"]).all()
     # The IWAE bound is at least the ELBO on average, so its bits/dim is at most the ELBO's.
     assert scores["iwae_bpd"].mean() <= scores["elbo_bpd"].mean() + 1e-3 * math.log(2)
+
+
+# ------------------------------------------------------------------------------------- likelihood regret
+@pytest.mark.parametrize("target", ["encoder", "posterior"])
+def test_batched_regret_equals_one_at_a_time_loop_with_torch_adam(target):
+    # float64 so that any difference is the algorithm's, not rounding's.
+    model = _model().double()
+    images = _images(5, (1, 12, 12))
+    det = LikelihoodRegret(steps=8, lr=1e-2, iwae_samples=6, target=target).fit(model, None)
+    batch = _batch(images, np.arange(5))
+    batched = det.score(batch)["regret"]
+    step_noise, iwae_noise = det.noise(batch)
+    x = det._model_input(batch).double()
+    loop = regret_reference_loop(model, x, step_noise.double(), iwae_noise.double(), target, 1e-2, 5e-5)
+    np.testing.assert_allclose(batched, loop.numpy(), rtol=0, atol=1e-5)
+    assert np.abs(batched).max() > 1e-3  # the optimisation did move the bound
+
+
+@pytest.mark.parametrize("target", ["encoder", "posterior"])
+def test_regret_is_batch_size_invariant_and_positive_on_average(target):
+    model = _model()
+    images = _images(9, (1, 12, 12))
+    det = LikelihoodRegret(steps=10, lr=5e-3, iwae_samples=8, target=target).fit(model, None)
+    whole = det.score(_batch(images, np.arange(9)))["regret"]
+    parts = np.concatenate([det.score(_batch(images, idx))["regret"]
+                            for idx in (np.arange(0, 2), np.arange(2, 7), np.arange(7, 9))])
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-4)
+    # Optimising the single-example ELBO raises the bound of (almost) every example.
+    assert whole.mean() > 0
+
+
+def test_regret_needs_the_vae_backbone():
+    from ood_bench.errors import UserError
+    from ood_bench.models.hvae import HierarchicalVAE
+
+    hvae = HierarchicalVAE.from_params({"channels": 4, "blocks_per_stage": 1, "dense_width": 8,
+                                        "latent_shapes": [[2, 4, 4], [3], [2]]}, (1, 8, 8))
+    with pytest.raises(UserError, match="kind: vae"):
+        LikelihoodRegret().fit(hvae, None)
+
+
+# ------------------------------------------------------------------------------------- ROSE
+def _fit_set(n: int = 60) -> ImageSet:
+    return ImageSet("fit", _images(n, (1, 12, 12), seed=3), "fp-fit")
+
+
+def test_rose_vmap_gradients_equal_per_example_backward():
+    model = _model()
+    x = model.prepare(torch.from_numpy(_images(6, (1, 12, 12))), None)
+    fast, slow = rose.per_example_gradients(model, x), rose.per_example_gradients_loop(model, x)
+    assert list(fast) == ["encoder.0", "encoder.2"]
+    for name in fast:
+        assert fast[name].shape == (6, *slow[name].shape[1:])
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=1e-7)
+
+
+def test_rose_kronecker_inputs_reproduce_the_per_example_gradient():
+    # G = sum over locations of d a^T: the layer inputs/output gradients of the EKFAC factors (with the bias
+    # column last) describe exactly the gradients the scores use.
+    model = _model()
+    x = model.prepare(torch.from_numpy(_images(4, (1, 12, 12))), None)
+    grads = rose.per_example_gradients(model, x)
+    for name, (a, d) in rose.layer_activations(model, x).items():
+        torch.testing.assert_close(torch.einsum("bld,bla->bda", d, a), grads[name], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("preconditioner", ["ekfac", "diag"])
+def test_rose_scores_are_finite_batch_size_invariant_and_normalised(preconditioner):
+    model = _model()
+    fit = _fit_set()
+    det = rose.Rose(preconditioner=preconditioner, n_fit=50).fit(model, fit)
+    # Sigma is the mean squared (rotated) gradient of the fit examples, so their mean layer score is the
+    # number of gradient entries (minus any below the 1e-8 floor).
+    sizes = torch.tensor([4 * 17, 8 * 65], dtype=torch.float64)
+    assert ((det.stats_["mu"] <= sizes + 1e-6) & (det.stats_["mu"] > 0.9 * sizes)).all()
+    images = _images(9, (1, 12, 12))
+    whole = det.score(_batch(images, np.arange(9)))["rose"]
+    parts = np.concatenate([det.score(_batch(images, idx))["rose"] for idx in (np.arange(4), np.arange(4, 9))])
+    assert whole.dtype == np.float64 and np.isfinite(whole).all()
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_ekfac_with_identity_eigenbases_is_the_diagonal_fisher():
+    # In the identity Kronecker basis the EKFAC re-estimated diagonal is E[G^2], i.e. DIAG.
+    model = _model()
+    fit = _fit_set()
+    ekfac = rose.Rose(preconditioner="ekfac", n_fit=50).fit(model, fit)
+    diag = rose.Rose(preconditioner="diag", n_fit=50).fit(model, fit)
+    stats = dict(ekfac.stats_)
+    for name in stats["layers"]:
+        stats[f"{name}.UA"] = torch.eye(stats[f"{name}.UA"].shape[0], dtype=torch.float64)
+        stats[f"{name}.UB"] = torch.eye(stats[f"{name}.UB"].shape[0], dtype=torch.float64)
+    x = model.prepare(torch.from_numpy(_images(7, (1, 12, 12))), None)
+    grads = rose.per_example_gradients(model, x)
+    for name in stats["layers"]:
+        stats[f"{name}.sigma"] = diag.stats_[f"{name}.sigma"]
+    torch.testing.assert_close(ekfac._layer_scores(stats, grads), diag._layer_scores(diag.stats_, grads))
+    # And the eigenbases are orthonormal, so a rotation keeps the gradient's norm.
+    g = grads["encoder.2"].double()
+    rotated = ekfac._rotate(ekfac.stats_, "encoder.2", g)
+    torch.testing.assert_close(rotated.flatten(1).norm(dim=1), g.flatten(1).norm(dim=1))
+
+
+def test_rose_fit_is_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("OOD_BENCH_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setattr(rose, "_MEMORY", {})
+    model, fit = _model(seed=5), _fit_set()
+    before = rose.FITS_COMPUTED
+    first = rose.Rose(n_fit=40).fit(model, fit)
+    assert rose.FITS_COMPUTED - before == 1
+    files = list((tmp_path / "fits").glob("rose-*.pt"))
+    assert len(files) == 1
+    monkeypatch.setattr(rose, "_MEMORY", {})  # a new process: only the file remains
+    again = rose.Rose(n_fit=40, aggregation="relu_pnorm", p=2).fit(model, fit)  # aggregation: same fit
+    assert rose.FITS_COMPUTED - before == 1
+    torch.testing.assert_close(again.stats_["mu"], first.stats_["mu"])
+    rose.Rose(n_fit=40, preconditioner="diag").fit(model, fit)
+    assert rose.FITS_COMPUTED - before == 2

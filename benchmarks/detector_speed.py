@@ -1,0 +1,158 @@
+"""Speed of the VAE-family detectors and of their vectorisation (docs/performance.md, issue 4).
+
+Usage: python benchmarks/detector_speed.py [suites/fmnist.yaml] [--profile cpu] [--n 512] [--loop-n 32]
+
+Loads (or trains) the suite's `vae` backbone through the checkpoint cache exactly as `ood-bench run`
+does, then, in this one process on the first N in-distribution test images:
+  * examples/s of every suite detector on that backbone (`score` in batches; ROSE's fit timed apart);
+  * likelihood regret, batched vs the one-example-at-a-time loop (deep copy + torch.optim.Adam, batch 1)
+    on the first --loop-n images with the same noise: time ratio and max |difference| (asserted small),
+    for the suite's settings and for the reference's encoder-copy target;
+  * ROSE, per-example gradients by vmap(grad) vs one backward pass per example, each followed by the
+    same scoring: time ratio and max |difference| of the scores.
+Run it under the CPU lock with OMP_NUM_THREADS=1; it prints Markdown for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ood_bench.detectors import Batch, estimators
+from ood_bench.detectors import rose as rose_module
+from ood_bench.detectors.regret import LikelihoodRegret, regret_reference_loop
+from ood_bench.models.training import train_or_load
+from ood_bench.registry import registry
+from ood_bench.suite.datasets import resolve
+from ood_bench.suite.load import build_detector, load_suite
+
+REGRET_TOLERANCE = 1e-2
+"""Nats. Batched and looped regret agree exactly in float64 (tests/test_vae_detectors.py); here both run in
+float32, where the convolutions of a vmapped and a plain pass round differently on bounds of ~250 nats."""
+
+
+def batches(images: np.ndarray, fingerprint: str, batch_size: int, seed: int = 0):
+    for start in range(0, len(images), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(images)))
+        yield Batch(torch.from_numpy(images[idx]), idx, fingerprint, seed)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def regret_comparison(det: LikelihoodRegret, batch: Batch) -> tuple[float, float, float]:
+    """(batched seconds, loop seconds, max |difference|) of the regret of one batch."""
+    batched, t_batched = timed(lambda: det.score(batch)["regret"])
+    step_noise, iwae_noise = det.noise(batch)
+    x = det._model_input(batch)
+    loop, t_loop = timed(lambda: regret_reference_loop(det.backbone_, x, step_noise, iwae_noise, det.target,
+                                                       det.lr, det.weight_decay).numpy())
+    return t_batched, t_loop, float(np.abs(batched - loop).max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", type=Path, nargs="?", default=Path("suites/fmnist.yaml"))
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--backbone", default="vae")
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--loop-n", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--checkpoints", type=Path,
+                        default=Path(os.environ.get("OOD_BENCH_CHECKPOINTS") or "results/checkpoints"))
+    args = parser.parse_args()
+
+    suite, _ = load_suite(args.suite, args.profile)
+    data = resolve(suite, download=False)
+    test = data.eval_sets[data.id_label]
+    images, fp = test.images[: args.n], test.fingerprint
+    bspec = suite.backbones[args.backbone]
+    trained = train_or_load(bspec.kind, registry("backbones").get(bspec.kind), bspec.params, bspec.train,
+                            data.train, data.val, seed=suite.seeds[0], device="cpu",
+                            checkpoint_dir=args.checkpoints)
+    model = trained.model
+    os.environ.pop("OOD_BENCH_CHECKPOINTS", None)  # time ROSE's fit itself, not a load from the fit cache
+
+    rows: list[tuple[str, str]] = []
+    detectors = {}
+    for label, spec in suite.detectors.items():
+        if spec.backbone != args.backbone:
+            continue
+        det = build_detector(registry("detectors").get(spec.detector or label), spec.params, label)
+        if isinstance(det, rose_module.Rose):
+            rose_module._MEMORY.clear()
+            computed = rose_module.FITS_COMPUTED
+            _, t_fit = timed(lambda det=det: det.fit(model, data.train))
+            how = "computed" if computed < rose_module.FITS_COMPUTED else "loaded from the fit cache"
+            rows.append((f"`{label}` fit on {det.n_fit} ID training images ({how})", f"{t_fit:.1f} s"))
+        else:
+            det.fit(model, data.train)
+        detectors[label] = det
+
+        def run(det=det):
+            estimators.forget(model)
+            for b in batches(images, fp, args.batch_size):
+                det.score(b)
+        _, t = timed(run)
+        rows.append((f"`{label}` ({det.get_params()})", f"{len(images) / t:,.1f} examples/s"))
+
+    first = next(batches(images[: args.loop_n], fp, args.loop_n))
+    ratios: list[tuple[str, float, float, float]] = []
+    suite_regret = next(d for d in detectors.values() if isinstance(d, LikelihoodRegret))
+    t_b, t_l, diff = regret_comparison(suite_regret, first)
+    assert diff < REGRET_TOLERANCE, f"batched and looped regret differ by {diff}"
+    ratios.append((f"likelihood regret, suite settings ({suite_regret.get_params()})", t_l, t_b, diff))
+    enc = LikelihoodRegret(steps=20, iwae_samples=16, target="encoder").fit(model, None)
+    small = next(batches(images[: min(args.loop_n, 16)], fp, args.loop_n))
+    t_b, t_l, diff = regret_comparison(enc, small)
+    assert diff < REGRET_TOLERANCE, f"batched and looped regret (encoder) differ by {diff}"
+    ratios.append((f"likelihood regret, encoder copy ({enc.get_params()}), {len(small.indices)} examples",
+                   t_l, t_b, diff))
+
+    rose_det = next(d for d in detectors.values() if isinstance(d, rose_module.Rose))
+    x = model.prepare(torch.from_numpy(images), [g for b in batches(images, fp, len(images))
+                                                 for g in b.generators("input")])
+
+    def rose_scores(gradients):
+        raw = rose_det._layer_scores(rose_det.stats_, gradients(model, x))
+        return ((raw - rose_det.stats_["mu"]) / rose_det.stats_["sd"]).max(1).values.numpy()
+
+    _, t_grad_fast = timed(lambda: rose_module.per_example_gradients(model, x))
+    _, t_grad_slow = timed(lambda: rose_module.per_example_gradients_loop(model, x))
+    fast, t_fast = timed(lambda: rose_scores(rose_module.per_example_gradients))
+    slow, t_slow = timed(lambda: rose_scores(rose_module.per_example_gradients_loop))
+    diff = float(np.abs(fast - slow).max())
+    assert diff < 1e-3 * max(1.0, float(np.abs(slow).max())), f"vmap and loop ROSE scores differ by {diff}"
+    ratios.append((f"ROSE per-example encoder-conv gradients only, vmap(grad) vs backward loop, {len(images)} "
+                   "examples", t_grad_slow, t_grad_fast, float("nan")))
+    ratios.append((f"ROSE `{rose_det.preconditioner}` scores (gradients + preconditioned norms), vmap(grad) vs "
+                   f"backward loop, {len(images)} examples", t_slow, t_fast, diff))
+
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"Backbone `{args.backbone}` ({bspec.kind}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"checkpoint {trained.checkpoint_hash[:12]}), first {len(images)} images of `{data.id_label}` test, "
+          f"batch {args.batch_size}; {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
+          f"{torch.get_num_threads()} thread(s); commit {rev}.")
+    print()
+    print("| what | speed |")
+    print("|---|---:|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    print()
+    print("| comparison | loop s | vectorised s | speed-up | max abs diff |")
+    print("|---|---:|---:|---:|---:|")
+    for name, t_loop, t_vec, diff in ratios:
+        print(f"| {name} | {t_loop:.2f} | {t_vec:.2f} | {t_loop / t_vec:.1f}x | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
