@@ -7,7 +7,9 @@ Usage: python benchmarks/vae_objectives_suites.py OUT_DIR [--suite suites/fmnist
   checkpoints are the ones a full ``ood-bench run suites/fmnist.yaml`` trains or reuses);
 * ``OUT_DIR/fmnist-4b-ablation.yaml``: the same plus ``likelihood`` (single-sample ELBO) on a plain
   ``vae`` with BPVAE's architecture and training settings but the ordinary ELBO and no auxiliary data:
-  the baseline that shows what the two objectives change.
+  the baseline that shows what the two objectives change;
+* ``OUT_DIR/fmnist-4b-sigma.yaml``: ``bpvae`` with the simple-prior scales of ``--sigma-s``
+  (default 0.1 0.3, the rest of the spec's sweep next to the suite's 0.5), one backbone each.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--suite", type=Path, default=Path("suites/fmnist.yaml"))
+    parser.add_argument("--sigma-s", type=float, nargs="+", default=[0.1, 0.3])
     args = parser.parse_args()
     suite = yaml.safe_load(args.suite.read_text())
     suite["detectors"] = {k: v for k, v in suite["detectors"].items() if k in MINE}
@@ -43,6 +46,17 @@ def main() -> None:
     ablation["detectors"]["likelihood"] = {"backbone": "vae-plain", "params": {"iwae_samples": 1}}
     ablation["name"] = f"{suite['name']}-ablation"
     (args.out_dir / "fmnist-4b-ablation.yaml").write_text(yaml.safe_dump(ablation, sort_keys=False))
+
+    sweep = copy.deepcopy(suite)
+    sweep["backbones"], sweep["detectors"] = {}, {}
+    for sigma in args.sigma_s:
+        backbone = copy.deepcopy(suite["backbones"]["vae-bpvae"])
+        backbone["params"]["objective_params"] = {**backbone["params"]["objective_params"], "simple_prior_std": sigma}
+        sweep["backbones"][f"vae-bpvae-s{sigma}"] = backbone
+        sweep["detectors"][f"bpvae_s{sigma}"] = {**suite["detectors"]["bpvae"], "detector": "bpvae",
+                                                 "backbone": f"vae-bpvae-s{sigma}"}
+    sweep["name"] = f"{suite['name']}-sigma"
+    (args.out_dir / "fmnist-4b-sigma.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
 
 
 if __name__ == "__main__":
