@@ -1,7 +1,7 @@
 """Write a run's leaderboard next to the papers' reference numbers, as Markdown.
 
 Usage: python benchmarks/results_table.py results/fmnist [--reference CSV ...]
-       (default references: benchmarks/reference/seed001_table7_fmnist.csv and seed000_fmnist.csv)
+       [--metrics auroc ...]   (default: every CSV in REFERENCES below, every metric they report)
 
 Reads the run's leaderboard.csv and run.json (written by `ood-bench run`), so every number it prints
 was measured by that run; the reference columns are cited from the paper named in the CSV header.
@@ -33,8 +33,15 @@ SCORES = {
     "LR_E": [("likelihood_regret", "regret")],
     "ROSE": [("rose", "rose")],
     "ROSE-DIAG": [("rose_diag", "rose")],
+    # seeds 002-004 (benchmarks/reference/seeds_vae_objectives_fmnist.csv)
+    "IC(png)": [("input_complexity", "ic_png")],
+    "IC(jp2)": [("input_complexity", "ic_jp2")],
+    "BPVAE": [("bpvae", "bpd")],
+    "NS AUC-BPD": [("negative_sampling", "bpd")],
+    "NS AUC-KL": [("negative_sampling", "kl")],
 }
-REFERENCES = ["seed001_table7_fmnist.csv", "seed000_fmnist.csv"]
+REFERENCES = ["seed001_table7_fmnist.csv", "seed000_fmnist.csv", "seed003_fmnist_vae.csv",
+              "seeds_vae_objectives_fmnist.csv"]
 
 
 def read_references(paths: list[Path]) -> pd.DataFrame:
@@ -48,10 +55,12 @@ def read_references(paths: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def comparison(run_dir: Path, references: list[Path]) -> pd.DataFrame:
-    """One row per (OOD set, our output) with our metrics and the paper's for the matching score."""
+def comparison(run_dir: Path, references: list[Path], metrics: list[str] | None = None) -> pd.DataFrame:
+    """One row per (OOD set, our output) with our metrics and the papers' for the matching score
+    ("–" where no paper reports one; several reference rows of one score are joined with " / ").
+    ``metrics``: default, every metric column of the references."""
     ref = read_references(references)
-    metrics = [c for c in ref.columns if c not in ("ood_set", "score", "source")]  # the references' metrics
+    metrics = metrics or [c for c in ref.columns if c not in ("ood_set", "score", "source")]
     ours = pd.read_csv(run_dir / "leaderboard.csv")
     ours = ours[ours["metric"].isin(metrics)]
     sets = list(dict.fromkeys(ours["ood_set"]))
@@ -67,9 +76,9 @@ def comparison(run_dir: Path, references: list[Path]) -> pd.DataFrame:
                 row = {"OOD set": ood_set, "score": score, "ours (output)": f"{detector}/{output}"}
                 for m in metrics:
                     row[f"{m} ours"] = f"{mine.get(m, float('nan')):.3f}"
-                    known = not paper.empty and pd.notna(paper[m].iloc[0])
-                    row[f"{m} paper"] = f"{paper[m].iloc[0]:.3f}" if known else "–"
-                row["paper source"] = paper["source"].iloc[0] if not paper.empty else "–"
+                    values = paper[m].dropna() if m in paper else pd.Series(dtype=float)
+                    row[f"{m} paper"] = " / ".join(f"{v:.3f}" for v in values) if len(values) else "–"
+                row["paper source"] = " / ".join(dict.fromkeys(paper["source"])) if not paper.empty else "–"
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -79,10 +88,11 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--reference", type=Path, nargs="+",
                         default=[Path(__file__).parent / "reference" / name for name in REFERENCES])
+    parser.add_argument("--metrics", nargs="+", default=None, help="default: the references' metric columns")
     args = parser.parse_args()
     plan = json.loads((args.run_dir / "run.json").read_text())
     prov = plan["provenance"]
-    table = comparison(args.run_dir, args.reference)
+    table = comparison(args.run_dir, args.reference, args.metrics)
     print(f"Suite `{plan['suite']}`, profile `{plan['profile']}`, device {prov['device']}, commit "
           f"`{prov['git_revision']}`, {prov['machine']}, {prov['date']}.")
     for i, run in enumerate(plan.get("history", [prov | {"wall_s": prov["wall_s"]["total"]}]), 1):

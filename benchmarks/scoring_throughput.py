@@ -1,7 +1,7 @@
 """Scoring throughput of the likelihood-family detectors on a suite's backbone (docs/performance.md).
 
 Usage: python benchmarks/scoring_throughput.py suites/fmnist.yaml [--profile cpu] [--n 2048]
-       [--batch-size 256] [--repeats 3]
+       [--batch-size 256] [--repeats 3] [--backbone LABEL]
 
 Loads (or trains) the suite's backbone through the checkpoint cache exactly as `ood-bench run` does,
 then times on the first N examples of the in-distribution test set:
@@ -9,6 +9,8 @@ then times on the first N examples of the in-distribution test set:
   * each detector's `score`, with its memo cleared so it pays for every estimate it needs;
   * `llr` right after `likelihood`, as inside a suite that runs both (shared ELBO and IWAE).
 Reports examples/s (best of --repeats) and each detector's cost as a multiple of the forward pass.
+``--backbone`` times the detectors of that suite backbone (default: the first detector's). A backbone
+trained on auxiliary data gets it here as in `ood-bench run` (same checkpoint).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoints", type=Path, default=Path("results/checkpoints"))
+    parser.add_argument("--backbone", default=None, help="suite backbone label (default: the first detector's)")
     args = parser.parse_args()
 
     suite, _ = load_suite(args.suite, args.profile)
@@ -59,11 +62,11 @@ def main() -> None:
     images = data.eval_sets[data.id_label]
     images = type(images)(images.name, images.images[: args.n], images.fingerprint)
     spec_by_detector = {label: spec for label, spec in suite.detectors.items()}
-    backbone_label = next(iter(spec_by_detector.values())).backbone
+    backbone_label = args.backbone or next(iter(spec_by_detector.values())).backbone
     bspec = suite.backbones[backbone_label]
     trained = train_or_load(bspec.kind, registry("backbones").get(bspec.kind), bspec.params, bspec.train,
                             data.train, data.val, seed=suite.seeds[0], device="cpu",
-                            checkpoint_dir=args.checkpoints)
+                            checkpoint_dir=args.checkpoints, aux_set=data.auxiliary.get(backbone_label))
     model = trained.model
 
     @torch.inference_mode()

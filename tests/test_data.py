@@ -100,8 +100,10 @@ def test_omniglot_is_deduplicated_and_white_background():
         with zipfile.ZipFile(Path(MIRROR) / "omniglot" / part) as archive:
             names.update(n.split("/", 1)[1] for n in archive.namelist() if n.endswith(".png"))
     omniglot = load_split("omniglot", "test")
+    train = load_split("omniglot", "train")  # disjoint alphabets, the auxiliary-data split
     assert len(names) == 4840
-    assert omniglot.images.shape == (4840, 1, 28, 28) and omniglot.images.dtype == np.uint8
+    assert len(omniglot) + len(train) == 4840 and len(train) == 1720
+    assert omniglot.images.shape == (3120, 1, 28, 28) and omniglot.images.dtype == np.uint8
     assert omniglot.images.mean() > 200  # black strokes on a white background, not inverted
     assert np.median(omniglot.images[:, 0, 0, 0]) == 255
     inverted = apply_transforms(omniglot, [{"name": "invert"}])
@@ -200,8 +202,8 @@ def test_second_load_of_fashionmnist_suite_comes_from_the_decoded_cache():
     first = load_suite()
     status = {st.name: st.sources for st in data_status()}
     assert status["fashionmnist"] == {"train": "decoded cache", "test": "decoded cache"}
-    for name in ("notmnist", "omniglot"):
-        assert status[name] == {"test": "decoded cache"}, name
+    assert status["notmnist"] == {"test": "decoded cache"}
+    assert status["omniglot"]["test"] == "decoded cache"  # its 'train' split (auxiliary data) is listed too
     second = load_suite()
     assert [s.fingerprint for s in first] == [s.fingerprint for s in second]
     for a, b in zip(first, second, strict=True):

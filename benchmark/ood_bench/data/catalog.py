@@ -7,6 +7,7 @@ those of the byte-identical files in the offline mirror. See docs/data.md for wh
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -140,13 +141,21 @@ _OMNIGLOT = (
 )
 
 
-def _read_omniglot(files: Mapping[str, Path]) -> np.ndarray:
+# Alphabets found only in images_background_small1: the "train" split (auxiliary training data, e.g. BPVAE's
+# simple set); every other alphabet of the two zips is the "test" split, so the two splits share no alphabet.
+_OMNIGLOT_TRAIN_ALPHABETS = frozenset({"Balinese", "Early_Aramaic", "Korean"})
+
+
+def _read_omniglot(files: Mapping[str, Path], split: str) -> np.ndarray:
     """Both small background zips, deduplicated by path below each zip's top folder (they share 1,000
-    files), 105x105 black-on-white, resized bilinearly to 28x28 with the white background kept."""
+    files), 105x105 black-on-white, resized bilinearly to 28x28 with the white background kept; the
+    images of ``split``'s alphabets only."""
     unique: dict[str, bytes] = {}
     for remote in _OMNIGLOT:
         for name, data in formats.archive_members(files[remote.filename], (".png",)):
-            unique.setdefault(name.split("/", 1)[1], data)
+            key = name.split("/", 1)[1]
+            if (key.split("/", 1)[0] in _OMNIGLOT_TRAIN_ALPHABETS) == (split == "train"):
+                unique.setdefault(key, data)
     images = np.stack([formats.decode_image(unique[key], "L") for key in sorted(unique)])
     return resize(images, (28, 28))
 
@@ -154,10 +163,13 @@ def _read_omniglot(files: Mapping[str, Path]) -> np.ndarray:
 OMNIGLOT = DatasetDef(
     name="omniglot",
     description="Omniglot handwritten characters (small background sets 1+2, 4,840 unique), 28x28 grey, "
-                "black strokes on white as published (invert it explicitly for 'Omniglot-inverted').",
-    splits=("test",),
+                "black strokes on white as published (invert it explicitly for 'Omniglot-inverted'). Split by "
+                "alphabet: 'train' = Balinese, Early_Aramaic, Korean (1,720); 'test' = the other 7 (3,120).",
+    splits=("train", "test"),
     shape=(1, 28, 28),
-    sources={"test": (SourceFormat("official", _OMNIGLOT, _read_omniglot),)},
+    sources={split: (SourceFormat("official", _OMNIGLOT, functools.partial(_read_omniglot, split=split)),)
+             for split in ("train", "test")},
+    revision="2",  # 2: split by alphabet (revision 1's 'test' held all 4,840 images)
 )
 
 

@@ -105,3 +105,12 @@ def iwae_bound(model: torch.nn.Module, batch: Batch, x: torch.Tensor, samples: i
 def forget(model: torch.nn.Module) -> None:
     """Drop every memoised estimate of ``model`` (tests use it to force recomputation)."""
     _MEMO.pop(model, None)
+
+
+def log_likelihood(model: torch.nn.Module, batch: Batch, x: torch.Tensor, samples: int) -> np.ndarray:
+    """Memoised per-example log-likelihood estimate in nats: the single-sample ELBO for ``samples == 1``
+    (the ``likelihood`` detector's ``elbo``), else the IWAE bound with ``samples`` samples (its ``iwae<S>``),
+    so detectors that need the same estimate share one computation."""
+    if samples == 1:
+        return memoised(model, batch, "elbo", lambda r, g: elbo(model, x[r], g))
+    return memoised(model, batch, f"iwae{samples}", lambda r, g: iwae(model, x[r], g, samples))

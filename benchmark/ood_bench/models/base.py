@@ -98,6 +98,12 @@ class Backbone(nn.Module, abc.ABC):
     def validate_params(cls, params: dict[str, Any]) -> None:
         """Raise ValueError naming any bad key or value, and the allowed keys."""
 
+    @classmethod
+    def auxiliary_use(cls, params: dict[str, Any]) -> str:
+        """Whether training with ``params`` takes auxiliary data: ``"required"``, ``"optional"`` or
+        ``"unused"`` (the default). Backbones that use it accept ``training_loss(..., aux=batch)``."""
+        return "unused"
+
     # ------------------------------------------------------------------------------ shared part
     @property
     def device(self) -> torch.device:

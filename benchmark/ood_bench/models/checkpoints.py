@@ -31,6 +31,7 @@ def checkpoint_key(
     seed: int,
     model_version: str,
     input_shape: tuple[int, ...],
+    aux_fingerprint: str | None = None,
 ) -> str:
     """Digest of every input of a training run (see :func:`ood_bench.hashing.digest`)."""
     fields = {
@@ -44,6 +45,8 @@ def checkpoint_key(
         "training_version": TRAINING_VERSION,
         "input_shape": list(input_shape),
     }
+    if aux_fingerprint is not None:  # only backbones trained with auxiliary data carry the field
+        fields["aux_data"] = aux_fingerprint
     return digest(fields)
 
 

@@ -154,15 +154,20 @@ def train_or_load(
     console: Console | None = None,
     *,
     stop_after_steps: int | None = None,
+    aux_set: ImageSet | None = None,
 ) -> TrainedBackbone:
     """Load the cached model for these inputs, or train it (resuming a partial run) and cache it.
 
     Ctrl-C during training finishes the current step, saves a partial checkpoint and re-raises
     KeyboardInterrupt; the next call resumes there. ``stop_after_steps`` does the same at that global
-    step count but raises :class:`TrainingStopped` (for tests).
+    step count but raises :class:`TrainingStopped` (for tests). ``aux_set``: auxiliary training data
+    (converted to the training image shape); each step then passes one minibatch of it to
+    ``training_loss(..., aux=...)``, and its fingerprint joins the checkpoint key.
     """
     config = TrainConfig.validate(train_config)
     backbone_cls.validate_params(params)
+    if aux_set is not None and aux_set.shape != train_set.shape:
+        raise ValueError(f"auxiliary images {aux_set.shape} and training images {train_set.shape} differ in shape")
     if train_set.shape != val_set.shape:
         raise ValueError(
             f"training images {train_set.shape} and validation images {val_set.shape} differ in shape"
@@ -179,7 +184,7 @@ def train_or_load(
             kind=kind, params=resolved if resolved is not None else params,
             train_config=dataclasses.asdict(config), train_fingerprint=train_set.fingerprint,
             val_fingerprint=val_set.fingerprint, seed=seed, model_version=backbone_cls.MODEL_VERSION,
-            input_shape=train_set.shape,
+            input_shape=train_set.shape, aux_fingerprint=aux_set.fingerprint if aux_set is not None else None,
         )
         final_path, partial_path = checkpoint_paths(checkpoint_dir, kind, key)
         if final_path.exists():
@@ -190,7 +195,7 @@ def train_or_load(
             model.to(torch_device).eval()
             return TrainedBackbone(model, hash_file(final_path), final_path, state["metadata"], 0)
 
-        run = _Run(model, config, train_set, val_set, seed, torch_device, console, key, partial_path)
+        run = _Run(model, config, train_set, val_set, seed, torch_device, console, key, partial_path, aux_set)
         run.metadata_base = {
             "key": key, "kind": kind, "params": resolved if resolved is not None else params,
             "train_config": dataclasses.asdict(config), "seed": int(seed),
@@ -198,6 +203,9 @@ def train_or_load(
             "train_data": {"name": train_set.name, "fingerprint": train_set.fingerprint, "n": len(train_set)},
             "val_data": {"name": val_set.name, "fingerprint": val_set.fingerprint, "n": len(val_set)},
         }
+        if aux_set is not None:
+            run.metadata_base["aux_data"] = {"name": aux_set.name, "fingerprint": aux_set.fingerprint,
+                                             "n": len(aux_set)}
         steps = run.train(stop_after_steps)
         metadata = run.final_metadata()
         save_atomic(
@@ -223,6 +231,7 @@ class _Run:
     console: Console
     key: str
     partial_path: Path
+    aux_set: ImageSet | None = None
     metadata_base: dict[str, Any] = field(default_factory=dict)
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -242,6 +251,7 @@ class _Run:
         self.val_interval = max(1, round(self.config.val_every_epochs * self.steps_per_epoch))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
         self.images = torch.from_numpy(self.train_set.images)
+        self.aux_images = torch.from_numpy(self.aux_set.images) if self.aux_set is not None else None
 
     # ---------------------------------------------------------------------------------- loop
     def train(self, stop_after_steps: int | None) -> int:
@@ -303,7 +313,11 @@ class _Run:
         model.train()
         x = model.prepare(self.images[indices].to(self.device), None)
         beta, free_bits = config.beta(progress), config.free_bits_at(progress)
-        loss, logs = model.training_loss(x, beta, free_bits)
+        if self.aux_images is None:
+            loss, logs = model.training_loss(x, beta, free_bits)
+        else:
+            aux = model.prepare(self.aux_images[self._aux_indices(len(indices))].to(self.device), None)
+            loss, logs = model.training_loss(x, beta, free_bits, aux=aux)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
@@ -313,6 +327,12 @@ class _Run:
         self.images_seen += len(indices)
         self.last_train = {**logs, "beta": beta, "free_bits": free_bits, "lr": config.lr_at(progress)}
         return {**logs, "_images": len(indices)}
+
+    def _aux_indices(self, n: int) -> torch.Tensor:
+        """``n`` auxiliary examples for the current step (without replacement), a function of (seed, step)."""
+        seed = example_seed(self.seed, self.aux_set.fingerprint, self.step, "aux")
+        perm = torch.randperm(len(self.aux_set), generator=torch.Generator().manual_seed(seed))
+        return perm[: min(n, len(self.aux_set))]
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """The data order of one epoch, a function of (seed, training data, epoch) only."""

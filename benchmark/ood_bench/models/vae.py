@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ood_bench.models import objectives
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import make_head
 from ood_bench.numerics import stacked_uniform
@@ -55,6 +56,10 @@ class VAEConfig:
     free_bits_per: str = "element"
     """How the training free-bits budget lambda (nats) floors the KL: ``element`` = lambda / d on each latent
     dimension of each example; ``layer`` = lambda on the batch-averaged KL."""
+    objective: str = "elbo"
+    """Training objective: ``elbo``, ``bpvae`` or ``negative_sampling`` (:mod:`ood_bench.models.objectives`)."""
+    objective_params: dict[str, Any] = field(default_factory=dict)
+    """Settings of the objective (:class:`ood_bench.models.objectives.ObjectiveParams`)."""
 
     def __post_init__(self) -> None:
         def positive_int(v: Any) -> bool:
@@ -71,6 +76,8 @@ class VAEConfig:
         _check(self.likelihood in (None, "bernoulli", "dlm"), "likelihood", "'bernoulli' or 'dlm'")
         _check(positive_int(self.dlm_components), "dlm_components", "a positive integer")
         _check(self.free_bits_per in ("element", "layer"), "free_bits_per", "'element' or 'layer'")
+        _check(isinstance(self.objective_params, dict), "objective_params", "a mapping")
+        objectives.validate(self.objective, self.objective_params)
 
 
 def _check(ok: bool, name: str, expected: str) -> None:
@@ -100,6 +107,9 @@ class ConvVAE(Backbone):
         self.channels = list(config.channels or ([32, 64] if gray else [64, 128, 256]))
         self.likelihood = config.likelihood or ("bernoulli" if gray else "dlm")
         self.head = make_head(self.likelihood, c_x, config.dlm_components)
+        self.objective = config.objective
+        self.objective_params = objectives.validate(config.objective, config.objective_params)
+        objectives.check_likelihood(self.objective, self.objective_params, self.likelihood)
 
         sides = [(h, w)]
         for _ in self.channels:
@@ -140,9 +150,19 @@ class ConvVAE(Backbone):
     def from_params(cls, params: dict[str, Any], input_shape: tuple[int, int, int]) -> ConvVAE:
         return cls(config_from_params(VAEConfig, params, "vae"), input_shape)
 
+    @classmethod
+    def auxiliary_use(cls, params: dict[str, Any]) -> str:
+        config = config_from_params(VAEConfig, params, "vae")
+        return objectives.auxiliary_use(config.objective, objectives.validate(config.objective,
+                                                                              config.objective_params))
+
     def resolved_params(self) -> dict[str, Any]:
         out = asdict(self.config)
         out.update(latent_dim=self.latent_dim, channels=list(self.channels), likelihood=self.likelihood)
+        if self.objective == "elbo":  # plain-ELBO checkpoint keys stay what they were before objectives existed
+            del out["objective"], out["objective_params"]
+        else:
+            out["objective_params"] = asdict(self.objective_params)
         return out
 
     def latent_shapes(self) -> list[tuple[int, ...]]:
@@ -225,8 +245,10 @@ class ConvVAE(Backbone):
         return kl_dims.clamp(min=free_bits / kl_dims.shape[1]).sum(1).mean()
 
     def training_loss(
-        self, x: torch.Tensor, beta: float, free_bits: float
+        self, x: torch.Tensor, beta: float, free_bits: float, aux: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.objective != "elbo":
+            return objectives.training_loss(self, self.objective, self.objective_params, x, beta, free_bits, aux)
         eps = torch.randn(x.shape[0], self.latent_dim, device=x.device)
         log_px, kl_dims = self.elbo_terms(x, eps)
         loss = -log_px.mean() + beta * self.kl_penalty(kl_dims, free_bits)

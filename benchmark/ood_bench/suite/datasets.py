@@ -19,6 +19,7 @@ class SuiteData:
     eval_sets: dict[str, ImageSet]  # label -> set; includes the ID test set
     roles: dict[str, str]  # label -> "id" | "ood" | "sanity"
     missing: list[dict[str, str]] = field(default_factory=list)
+    auxiliary: dict[str, ImageSet] = field(default_factory=dict)  # backbone label -> its training-only set
 
 
 def _load(ref: DatasetRef, split: str, download: bool) -> ImageSet:
@@ -57,8 +58,17 @@ def resolve(suite: Suite, strict: bool = False, download: bool = True) -> SuiteD
         n = ood.max_examples or cap
         eval_sets[label] = subset(images, n, ref.split_seed) if n else images
         roles[label] = "ood"
+    auxiliary = {name: auxiliary_set(spec.auxiliary, train.shape, ref.split_seed, download)
+                 for name, spec in suite.backbones.items() if spec.auxiliary is not None}
     if suite.evaluation.sanity:
         label = f"{id_label}-train (sanity)"
         eval_sets[label] = subset(train, len(id_test), ref.split_seed)
         roles[label] = "sanity"
-    return SuiteData(train, val, id_label, eval_sets, roles, missing)
+    return SuiteData(train, val, id_label, eval_sets, roles, missing, auxiliary)
+
+
+def auxiliary_set(ref: DatasetRef, shape: tuple[int, int, int], seed: int, download: bool = True) -> ImageSet:
+    """A backbone's auxiliary training set, converted to the ID image shape like an OOD set and capped at
+    ``max_examples`` (seeded subset). A missing auxiliary set is an error: the backbone cannot be trained."""
+    images = conform(_load(ref, ref.split, download), shape)
+    return subset(images, ref.max_examples, seed) if ref.max_examples else images

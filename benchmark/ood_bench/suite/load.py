@@ -9,8 +9,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ood_bench.errors import UserError
-from ood_bench.suite.schema import Suite
+from ood_bench.suite.schema import DatasetRef, Suite
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +127,7 @@ def check_references(suite: Suite, path: Path) -> None:
 
     datasets = available_datasets()
     refs = [("in_distribution", suite.in_distribution)] + [(f"ood.{i}", r) for i, r in enumerate(suite.ood)]
+    refs += [(f"backbones.{n}.auxiliary", b.auxiliary) for n, b in suite.backbones.items() if b.auxiliary]
     for field, ref in refs:
         if ref.dataset not in datasets:
             fail(f"{field}.dataset", f"unknown dataset '{ref.dataset}'", datasets)
@@ -148,6 +151,7 @@ def check_references(suite: Suite, path: Path) -> None:
             TrainConfig.validate(spec.train)
         except (ValueError, TypeError) as exc:
             fail(f"backbones.{name}.train", str(exc))
+        check_auxiliary(suite, name, backbones.entries[spec.kind].auxiliary_use(spec.params), fail)
 
     detectors = registry("detectors")
     for name, spec in suite.detectors.items():
@@ -162,6 +166,41 @@ def check_references(suite: Suite, path: Path) -> None:
     for i, metric in enumerate(suite.metrics):
         if metric not in METRICS:
             fail(f"metrics.{i}", f"unknown metric '{metric}'", METRICS)
+
+
+def _source(ref: DatasetRef, split: str) -> tuple[str, str, str]:
+    """What identifies the source images of a reference: dataset, split and parameters (not transforms)."""
+    return ref.dataset, split, json.dumps(ref.params, sort_keys=True, default=str)
+
+
+def check_auxiliary(suite: Suite, name: str, use: str, fail: Callable[..., None]) -> None:
+    """Refuse auxiliary data that the backbone cannot use, that it needs but lacks, or that is evaluated.
+
+    An auxiliary set drawn from the same source images (dataset, split, parameters) as an OOD evaluation
+    set or the ID test set is refused whatever its transforms or size cap: inverting or subsetting images
+    does not make them unseen, and a detector trained on its test OOD data measures nothing.
+    """
+    aux = suite.backbones[name].auxiliary
+    field = f"backbones.{name}.auxiliary"
+    if aux is None:
+        if use == "required":
+            fail(field, f"backbone kind '{suite.backbones[name].kind}' with these parameters trains on auxiliary "
+                        f"data (e.g. BPVAE's simple set, negative sampling with negatives: aux) but none is "
+                        f"given; add 'auxiliary: <dataset>' to the backbone entry")
+        return
+    ident = _source(aux, aux.split)
+    id_ref = suite.in_distribution
+    if ident == _source(id_ref, id_ref.split):
+        fail(field, f"the auxiliary set is the in-distribution test set ({aux.dataset}, split '{aux.split}')")
+    for ood in suite.ood:
+        if ident == _source(ood, ood.split):
+            fail(field, f"the auxiliary set draws on the same images as the OOD evaluation set "
+                        f"'{ood.display_name}' (dataset '{aux.dataset}', split '{aux.split}', params "
+                        f"{aux.params}); a backbone must never train on data it is evaluated on - use another "
+                        f"split or dataset, or remove that set from the suite's OOD list")
+    if use == "unused":
+        fail(field, f"backbone kind '{suite.backbones[name].kind}' with these parameters does not train on "
+                    f"auxiliary data; remove the field or choose an objective that uses it")
 
 
 def build_detector(cls: type, params: dict[str, Any], where: str):

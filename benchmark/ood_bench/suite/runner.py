@@ -180,6 +180,7 @@ def _backbone(
         result = train_or_load(
             spec.kind, registry("backbones").get(spec.kind), spec.params, spec.train, data.train, data.val,
             seed=seed, device=device, checkpoint_dir=checkpoint_dir, console=console,
+            aux_set=data.auxiliary.get(label),
         )
         stats.wall_s[f"backbone {label} seed {seed}"] = time.perf_counter() - t0
         stats.trained_backbones += int(result.steps_this_call > 0)
@@ -214,7 +215,8 @@ def _evaluate(
         "backbone": spec.backbone,
         "params": params,
         "params_str": ", ".join(f"{k}={v}" for k, v in params.items()),
-        "uses_auxiliary_data": bool(cls.uses_auxiliary_data),
+        # labelled when the detector itself or its backbone's training used data beyond the ID train set
+        "uses_auxiliary_data": bool(cls.uses_auxiliary_data) or suite.backbones[spec.backbone].auxiliary is not None,
         "seed": seed,
         "backbone_checkpoint": backbone_hash,
         "keys": {},

@@ -75,6 +75,13 @@ class BackboneSpec(Strict):
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+    auxiliary: DatasetRef | None = Field(
+        None, description="extra data used only in training (e.g. BPVAE's simple set); never an evaluation set")
+
+    @field_validator("auxiliary", mode="before")
+    @classmethod
+    def _aux_shorthand(cls, value: Any) -> Any:
+        return _dataset_shorthand(value)
 
 
 class DetectorSpec(Strict):
