@@ -108,9 +108,9 @@ def forget(model: torch.nn.Module) -> None:
 
 
 def log_likelihood(model: torch.nn.Module, batch: Batch, x: torch.Tensor, samples: int) -> np.ndarray:
-    """Memoised per-example log-likelihood estimate in nats: the single-sample ELBO for ``samples == 1``
-    (the ``likelihood`` detector's ``elbo``), else the IWAE bound with ``samples`` samples (its ``iwae<S>``),
-    so detectors that need the same estimate share one computation."""
+    """Memoised per-example log-likelihood estimate in nats: the single-sample ELBO of :func:`bound_terms`
+    for ``samples == 1`` (the ``likelihood`` detector's ``elbo_bpd``), else :func:`iwae_bound`, so detectors
+    that need the same estimate share one computation."""
     if samples == 1:
-        return memoised(model, batch, "elbo", lambda r, g: elbo(model, x[r], g))
-    return memoised(model, batch, f"iwae{samples}", lambda r, g: iwae(model, x[r], g, samples))
+        return bound_terms(model, batch, x, 0)[0]
+    return iwae_bound(model, batch, x, samples)
