@@ -150,18 +150,22 @@ def _roc_section(plan: dict[str, Any], scores: dict, seed: int, fig_dir: Path, n
 def _density_section(plan: dict[str, Any], scores: dict, seed: int, fig_dir: Path, names: _Names) -> list[Block]:
     blocks: list[Block] = [
         Heading("Score densities"),
-        Text(f"Histograms (normalised to unit area) of each detector output on the ID test set (grey) and on "
-             f"each other set (red), seed {seed}. All panels of one output share the x-axis, which spans the "
-             "0.5-99.5% quantiles of every set (values beyond are piled into the edge bins). Outputs in "
-             "bits/dim are the negative likelihood bound per dimension: further right = less likely. "
+        Text(f"Histograms of each detector output on the ID test set (grey) and on each other set (red), seed "
+             f"{seed}, scaled as densities: a histogram's area is the fraction of its set inside the axis. All "
+             "panels of one output share the x-axis: the 0.5-99.5% quantiles of every set, but at most three "
+             "widths of the ID range beyond it on either side, so that one far-off set cannot squeeze the "
+             "others; a panel says how much of its set lies beyond the axis. Outputs in bits/dim (the negative "
+             "likelihood bound per dimension; further right = less likely) use a logarithmic axis when it "
+             "spans a decade or more, as seed 001 Fig. 5 does. "
              "Separated histograms mean a good detector; overlapping ones a poor one.")]
     for (det, output), per_set in scores.items():
         id_scores = next(iter(per_set.values()))[0]
         others = {label: s_ood for label, (_, s_ood) in per_set.items()}
-        xlabel = ("bits/dim (negative bound; higher = more OOD)" if output.endswith("_bpd")
-                  else "score (higher = more OOD)")
+        log = output.endswith("_bpd") and all((v > 0).all() for v in [id_scores, *others.values()])
+        xlabel = "bits/dim" if output.endswith("_bpd") else "score"
         name = names("density", det, output)
-        figures.density_figure(plan["id_set"], id_scores, others, xlabel, f"{det} / {output}", fig_dir / name)
+        figures.density_figure(plan["id_set"], id_scores, others, xlabel, f"{det} / {output}", fig_dir / name,
+                               log=log)
         blocks.append(Image(f"{FIGURES}/{name}", f"score densities, {det}/{output}"))
     return blocks
 
@@ -262,13 +266,17 @@ def _shown_sets(plan: dict[str, Any], images: dict) -> list[str]:
     return [label for label in plan["sets"] if label in images and plan["sets"][label]["role"] != "sanity"]
 
 
+def _display(plan: dict[str, Any], label: str) -> str:
+    return f"{label} (ID)" if label == plan["id_set"] else label
+
+
 def _reconstructions(model, key: str, plan: dict, images: dict, seed: int, fig_dir: Path, name: str) -> list[Block]:
     panels = {}
     try:
         for label in _shown_sets(plan, images):
             batch, x = _prepared(model, images[label], RECON_EXAMPLES, seed)
             recons = [model.reconstruct(x, k).cpu().numpy() for k in range(model.num_latent_layers)]
-            panels[label] = (batch.images.numpy() / 255.0, recons)
+            panels[_display(plan, label)] = (batch.images.numpy() / 255.0, recons)
     except NotImplementedError:
         return [Text(f"Backbone {key} ({type(model).__name__}) does not implement reconstruct(); "
                      "no reconstruction grid.")]
@@ -282,7 +290,7 @@ def _kl(model, key: str, plan: dict, images: dict, seed: int, fig_dir: Path, nam
     for label in _shown_sets(plan, images):
         batch, x = _prepared(model, images[label], KL_EXAMPLES, seed)
         terms = model.bound(x, model.draw_noise(batch.generators("report-kl"), 1), 0)
-        means[label] = np.array([float(t.double().mean()) for t in terms.kl])
+        means[_display(plan, label)] = np.array([float(t.double().mean()) for t in terms.kl])
     figures.kl_figure(means, f"{key}: KL per latent layer", fig_dir / name)
     layers = [f"z{l + 1}" for l in range(model.num_latent_layers)]
     rows = [[label, *[f"{v:.2f}" for v in values]] for label, values in means.items()]

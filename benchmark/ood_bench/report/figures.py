@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from sklearn.metrics import roc_curve
 
 from ood_bench.metrics import auroc
@@ -58,45 +59,82 @@ def roc_figure(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str,
     return _save(fig, path)
 
 
-def _shared_range(sets: Sequence[np.ndarray]) -> tuple[float, float]:
-    """An x-range holding the central 99% of every set, so one far-off set cannot hide the others' shapes
-    only when it is far off: the range is the union of per-set 0.5-99.5% quantile ranges."""
-    lows = [np.quantile(s, 0.005) for s in sets]
-    highs = [np.quantile(s, 0.995) for s in sets]
-    lo, hi = min(lows), max(highs)
-    pad = 0.03 * (hi - lo) if hi > lo else 0.5
+def _shared_axis(s_id: np.ndarray, sets: Sequence[np.ndarray], log: bool) -> tuple[float, float]:
+    """An x-range (in log10 units when ``log``) holding the central 99% of every set, but no wider than
+    the ID set's central 99% plus three times its width on each side: one far-off set (uniform noise)
+    must not squeeze the others into a few bins. What falls outside is counted, not drawn."""
+
+    def q(values: np.ndarray, p: float) -> float:
+        return float(np.quantile(np.log10(values) if log else values, p))
+
+    id_lo, id_hi = q(s_id, 0.005), q(s_id, 0.995)
+    width = id_hi - id_lo or 1.0
+    lo = max(min(q(v, 0.005) for v in [s_id, *sets]), id_lo - 3 * width)
+    hi = min(max(q(v, 0.995) for v in [s_id, *sets]), id_hi + 3 * width)
+    pad = 0.03 * (hi - lo)
     return lo - pad, hi + pad
 
 
+def _histogram(ax, values: np.ndarray, edges: np.ndarray, **style) -> tuple[float, float]:
+    """Density histogram of ``values`` whose area is the fraction inside ``edges``; returns the fractions
+    below and above the edges."""
+    inside = (values >= edges[0]) & (values <= edges[-1])
+    heights, _ = np.histogram(values[inside], bins=edges)
+    ax.stairs(heights / (values.size * np.diff(edges)), edges, **style)
+    return float((values < edges[0]).mean()), float((values > edges[-1]).mean())
+
+
+def _beyond_text(below: float, above: float) -> str:
+    parts = ([f"{below:.0%} left of the axis"] if below >= 0.005 else []) + (
+        [f"{above:.0%} right of the axis"] if above >= 0.005 else [])
+    return ", ".join(parts)
+
+
+def _log_ticks(decades: float) -> tuple[float, ...]:
+    """Mantissas to label on a log axis spanning ``decades`` (at least one): readable, and not crowded."""
+    return (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+
+
 def density_figure(id_label: str, s_id: np.ndarray, others: dict[str, np.ndarray], xlabel: str, title: str,
-                   path: Path) -> Path:
-    """Empirical densities (histograms on shared bins) of the ID scores against each other set, one
-    panel per set, all panels on one x-axis; each panel names the set and its AUROC."""
+                   path: Path, log: bool = False) -> Path:
+    """Empirical densities of the ID scores against each other set, one panel per set, all panels on one
+    x-axis (logarithmic when ``log`` and the axis spans a decade or more); each panel names the set and
+    its AUROC and says how much of the set lies beyond the axis."""
     n = len(others)
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig = _figure(3.0 * cols + 0.4, 2.1 * rows + 0.8)
+    fig = _figure(3.0 * cols + 0.4, 2.2 * rows + 0.8)
     axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
-    lo, hi = _shared_range([s_id, *others.values()])
-    bins = np.linspace(lo, hi, 61)
+    lo, hi = _shared_axis(s_id, list(others.values()), log)
+    if log and hi - lo < 1:  # under a decade a linear axis reads better
+        log = False
+        lo, hi = _shared_axis(s_id, list(others.values()), log)
+    if log:
+        xlabel += " (log axis)"
+    edges = np.logspace(lo, hi, 61) if log else np.linspace(lo, hi, 61)
     for ax, (label, s_ood) in zip(axes.flat, others.items(), strict=False):
-        ax.hist(np.clip(s_id, lo, hi), bins=bins, density=True, color=ID_COLOUR, alpha=0.45,
-                label=f"{id_label} (ID)")
-        ax.hist(np.clip(s_ood, lo, hi), bins=bins, density=True, histtype="step", color="C3", lw=1.4,
-                label=label)
+        _histogram(ax, s_id, edges, fill=True, color=ID_COLOUR, alpha=0.45)
+        text = _beyond_text(*_histogram(ax, s_ood, edges, color="C3", lw=1.4))
+        if text:
+            ax.text(0.98, 0.96, text, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="C3")
         ax.set_title(f"{label}  (AUROC {auroc(s_id, s_ood):.3f})", fontsize=9)
         ax.set_yticks([])
-        ax.tick_params(labelsize=8)
+        ax.tick_params(labelsize=8, labelbottom=True)
+        ax.margins(y=0.18)
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=_log_ticks(hi - lo)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    axes.flat[0].set_xlim(edges[0], edges[-1])
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    for ax in axes[-1]:
+    for ax in axes.flat[max(0, n - cols):n]:
         ax.set_xlabel(xlabel, fontsize=8)
-    for ax in axes[:-1].flat if rows > 1 else []:
-        ax.tick_params(labelbottom=True)
-    handles = [axes.flat[0].patches[0], axes.flat[0].patches[-1]]
+    handles = axes.flat[0].patches[:2]
     fig.legend(handles, [f"{id_label} (ID test)", "the panel's set"], loc="upper right", fontsize=8,
                frameon=False, ncol=2)
-    fig.suptitle(title, x=0.01, ha="left", fontsize=10)
+    fig.suptitle(f"{title}   (higher = more OOD)", x=0.01, ha="left", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _save(fig, path)
 
@@ -116,8 +154,9 @@ def reconstruction_figure(panels: dict[str, tuple[np.ndarray, list[np.ndarray]]]
     n = len(panels)
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    depth = len(next(iter(panels.values()))[1]) + 1
-    fig = _figure(3.2 * cols + 0.3, (0.42 * depth + 0.55) * rows + 0.5)
+    first_inputs, first_recons = next(iter(panels.values()))
+    depth, examples = len(first_recons) + 1, first_inputs.shape[0]
+    fig = _figure(3.2 * cols + 0.3, (2.7 * depth / examples + 0.45) * rows + 0.35)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (label, (inputs, recons)) in zip(axes.flat, panels.items(), strict=False):
         picture = _mosaic([inputs, *recons])
@@ -133,7 +172,7 @@ def reconstruction_figure(panels: dict[str, tuple[np.ndarray, list[np.ndarray]]]
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     fig.suptitle(title, x=0.01, ha="left", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return _save(fig, path)
 
 
