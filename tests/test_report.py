@@ -192,3 +192,8 @@ def test_compare_cli_prints_intervals(fake_runs, capsys):
                  "--bootstrap", "200"]) == 0
     text = capsys.readouterr().out
     assert "95% CI" in text and "*" in text and "(unpaired)" in text
+
+
+def test_report_of_a_directory_without_a_run_is_a_user_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not an ood-bench run directory" in " ".join(capsys.readouterr().err.split())
