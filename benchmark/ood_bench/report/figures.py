@@ -28,9 +28,12 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, crop: bool = False) -> Path:
+    """Write the PNG; ``crop`` trims the margins to the drawn content (figures with outside legends)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})  # no version stamp: same cache, same bytes
+    # No version stamp in the file: the same cache gives the same bytes.
+    fig.savefig(path, dpi=DPI, metadata={"Software": None}, bbox_inches="tight" if crop else None,
+                pad_inches=0.15)
     return path
 
 
@@ -56,7 +59,7 @@ def roc_figure(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str,
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.03, 0.5), fontsize=8, title="score  AUROC",
               title_fontsize=8, frameon=False)
-    return _save(fig, path)
+    return _save(fig, path, crop=True)
 
 
 def _shared_axis(s_id: np.ndarray, sets: Sequence[np.ndarray], log: bool) -> tuple[float, float]:
@@ -156,7 +159,7 @@ def reconstruction_figure(panels: dict[str, tuple[np.ndarray, list[np.ndarray]]]
     rows = math.ceil(n / cols)
     first_inputs, first_recons = next(iter(panels.values()))
     depth, examples = len(first_recons) + 1, first_inputs.shape[0]
-    fig = _figure(3.2 * cols + 0.3, (2.7 * depth / examples + 0.45) * rows + 0.35)
+    fig = _figure(3.2 * cols + 0.3, (2.7 * depth / examples + 0.6) * rows + 0.35)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (label, (inputs, recons)) in zip(axes.flat, panels.items(), strict=False):
         picture = _mosaic([inputs, *recons])
@@ -166,6 +169,7 @@ def reconstruction_figure(panels: dict[str, tuple[np.ndarray, list[np.ndarray]]]
         ax.set_yticks([h * r + (h - 1) / 2 for r in range(depth)],
                       ["input", *[f"z>{k}" for k in range(depth - 1)]], fontsize=8)
         ax.set_xticks([])
+        ax.tick_params(length=0)
         ax.set_title(label, fontsize=9)
         for spine in ax.spines.values():
             spine.set_visible(False)
@@ -184,8 +188,8 @@ def kl_figure(kl: dict[str, np.ndarray], title: str, path: Path) -> Path:
     """
     labels = list(kl)
     layers = len(next(iter(kl.values())))
-    fig = _figure(max(6.0, 1.1 * layers * max(1, len(labels)) / 3 + 3.5), 3.8)
-    ax = fig.add_axes((0.09, 0.14, 0.6, 0.74))
+    fig = _figure(min(12.0, max(4.0, 0.22 * layers * len(labels) + 1.5)) + 2.5, 3.8)
+    ax = fig.add_axes((0.1, 0.14, 0.62, 0.74))
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
         x = np.arange(layers) + (i - (len(labels) - 1) / 2) * width
@@ -197,4 +201,4 @@ def kl_figure(kl: dict[str, np.ndarray], title: str, path: Path) -> Path:
     ax.set(ylabel="mean KL term (nats / example)", title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
-    return _save(fig, path)
+    return _save(fig, path, crop=True)
