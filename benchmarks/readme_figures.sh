@@ -16,7 +16,9 @@ if [ -z "$run_dir" ]; then
   .venv/bin/ood-bench run "$work/fmnist.yaml" --results "$work/results"
   run_dir="$work/results/fmnist"
 fi
-.venv/bin/ood-bench report "$run_dir"
-cp "$run_dir/report/figures/roc-mnist.png" docs/img/report-roc-mnist.png
-cp "$run_dir/report/figures/hvae-reconstructions.png" docs/img/report-reconstructions.png
+out=$(mktemp -d)/report   # never written into RUN_DIR, which may belong to someone else
+.venv/bin/ood-bench report "$run_dir" --out "$out"
+cp "$out/figures/roc-mnist.png" docs/img/report-roc-mnist.png
+cp "$out/figures/hvae-reconstructions.png" docs/img/report-reconstructions.png
+echo "report: $out/index.html"
 echo "README figures from $run_dir (git revision $(git rev-parse --short HEAD))"

@@ -43,12 +43,13 @@ class Image:
 Block = Heading | Text | Bullets | TableBlock | Image
 
 CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+body { font-family: system-ui, sans-serif; max-width: 1500px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0 1em; display: block; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: left; white-space: nowrap; }
 th { background: #f3f3f3; }
-img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; }
+.figures { display: flex; flex-wrap: wrap; gap: .5em; align-items: flex-start; }
+.figures img { max-width: 100%; border: 1px solid #eee; }
 ul { line-height: 1.4; }
 """
 
@@ -92,7 +93,11 @@ def render_html(title: str, blocks: list[Block]) -> str:
             rows = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in block.rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(block, Image):
-            body.append(f'<p><img src="{e(block.src)}" alt="{e(block.alt)}"></p>')
+            img = f'<img src="{e(block.src)}" alt="{e(block.alt)}">'
+            if body[-1].endswith("</div>") and body[-1].startswith('<div class="figures">'):
+                body[-1] = body[-1][: -len("</div>")] + img + "</div>"  # consecutive images flow side by side
+            else:
+                body.append(f'<div class="figures">{img}</div>')
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
