@@ -94,6 +94,22 @@ def test_missing_checkpoint_is_stated_not_trained(tiny_report, tmp_path, monkeyp
 
 
 @needs_data
+def test_unloadable_checkpoint_is_stated(tiny_report, tmp_path):
+    from ood_bench.hashing import hash_file
+    from ood_bench.models.training import FINAL_FORMAT
+
+    run_dir, _ = tiny_report
+    plan = json.loads((run_dir / "run.json").read_text())
+    bad = tmp_path / "hvae-made-by-another-version.pt"  # parameters this version rejects
+    torch.save({"format": FINAL_FORMAT, "model": {}, "metadata": {"kind": "hvae", "params": {"blocks_per_stage": -1},
+                                                                 "input_shape": [1, 28, 28]}}, bad)
+    plan["backbones"] = {"hvae/seed0": {"checkpoint": str(bad), "sha256": hash_file(bad), "metadata": {"kind": "hvae"}}}
+    blocks = _backbone_sections(plan, run_dir, 0, None, None, tmp_path, _Names(), Console(quiet=True))
+    notes = [b.text for b in blocks if isinstance(b, Text) and "cannot be loaded" in b.text]
+    assert len(notes) == 2 and "blocks_per_stage" in notes[0]
+
+
+@needs_data
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package `chromium`)")
 def test_report_renders_in_headless_chromium(tiny_report, tmp_path):
     from PIL import Image

@@ -9,6 +9,7 @@ says so and everything else is still written.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,24 +232,28 @@ def _backbone_sections(
              "uninformative. Larger KL on an OOD set than on ID data is what the likelihood-ratio scores use.")]
     entries = {k: v for k, v in plan.get("backbones", {}).items() if k.endswith(f"/seed{seed}")}
     images, image_reason = (None, "")
+
+    def unavailable(key: str, reason: str) -> None:
+        console.print(f"[yellow]warning:[/] backbone {key}: {reason}; reconstructions and per-layer KL skipped")
+        recon.append(Text(f"Backbone {key}: not available ({reason})."))
+        kl.append(Text(f"Backbone {key}: not available ({reason})."))
+
     for key, entry in entries.items():
         label = key.rsplit("/", 1)[0]
         path, reason = _find_checkpoint(entry, run_dir, checkpoint_dir)
         if path is None:
-            console.print(f"[yellow]warning:[/] backbone {key}: {reason}; reconstructions and per-layer KL skipped")
-            note = Text(f"Backbone {key}: not available ({reason}).")
-            recon.append(note)
-            kl.append(note)
+            unavailable(key, reason)
             continue
         if images is None and not image_reason:
             images, image_reason = _load_images(plan, suite_path)
         if images is None:
-            console.print(f"[yellow]warning:[/] backbone {key}: {image_reason}; reconstructions and KL skipped")
-            note = Text(f"Backbone {key}: images not available ({image_reason}).")
-            recon.append(note)
-            kl.append(note)
+            unavailable(key, image_reason)
             continue
-        trained = load_trained(path, registry("backbones").get(entry["metadata"]["kind"]))
+        try:
+            trained = load_trained(path, registry("backbones").get(entry["metadata"]["kind"]))
+        except (UserError, ValueError, RuntimeError, KeyError, OSError, pickle.UnpicklingError) as exc:
+            unavailable(key, f"checkpoint {path.name} cannot be loaded by this version of ood-bench: {exc}")
+            continue
         recon += _reconstructions(trained.model, key, plan, images, seed, fig_dir, names(label, "reconstructions"))
         kl += _kl(trained.model, key, plan, images, seed, fig_dir, names(label, "kl"))
     if not entries:
