@@ -88,8 +88,11 @@ def _histogram(ax, values: np.ndarray, edges: np.ndarray, **style) -> tuple[floa
 
 
 def _beyond_text(below: float, above: float) -> str:
-    parts = ([f"{below:.0%} left of the axis"] if below >= 0.005 else []) + (
-        [f"{above:.0%} right of the axis"] if above >= 0.005 else [])
+    def pct(x: float) -> str:
+        return "<0.1%" if x < 0.001 else f"{x:.1%}" if x < 0.1 else f"{x:.0%}"
+
+    parts = ([f"{pct(below)} left of the axis"] if below > 0 else []) + (
+        [f"{pct(above)} right of the axis"] if above > 0 else [])
     return ", ".join(parts)
 
 
