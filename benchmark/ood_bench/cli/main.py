@@ -1,4 +1,4 @@
-"""The ``ood-bench`` command line: run, show, compare, list, data."""
+"""The ``ood-bench`` command line: run, show, compare, report, list, data."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="compare two or more cached runs side by side, with deltas")
     compare.add_argument("run_dirs", type=Path, nargs="+")
+    compare.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                         help="add 95%% confidence intervals of each delta from N resamples of the examples")
+    compare.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resamples (default: 0)")
+
+    report = sub.add_parser("report", help="write figures and a static HTML/Markdown report of a cached run")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/report)")
+    report.add_argument("--suite", type=Path, default=None,
+                        help="suite file to load the images from (default: the one recorded in run.json)")
+    report.add_argument("--checkpoints", type=Path, default=None,
+                        help="where to look for backbone checkpoints besides the path recorded in run.json")
 
     lst = sub.add_parser("list", help="list registered detectors, datasets or backbones")
     lst.add_argument("what", choices=["detectors", "datasets", "backbones"])
@@ -97,7 +108,22 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     if len(args.run_dirs) < 2:
         raise UserError("compare needs at least two run directories, e.g. `ood-bench compare results/a results/b`.")
     named = {str(d): records_from_cache(d) for d in args.run_dirs}
-    print_comparison(compare_runs(named), console)
+    table = compare_runs(named)
+    if args.bootstrap:
+        from ood_bench.report.compare import add_intervals, bootstrap_deltas
+
+        table = add_intervals(table, bootstrap_deltas(args.run_dirs, args.bootstrap, seed=args.bootstrap_seed))
+        console.print(f"bootstrap: {args.bootstrap} resamples, seed {args.bootstrap_seed}")
+    print_comparison(table, console)
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from ood_bench.report.build import write_report
+
+    out = write_report(args.run_dir, out_dir=args.out, suite_path=args.suite, checkpoint_dir=args.checkpoints,
+                       console=console)
+    console.print(f"report: {out / 'index.html'} and {out / 'report.md'}")
     return 0
 
 
@@ -145,7 +171,7 @@ def _data(args: argparse.Namespace, console: Console) -> int:
     return 1 if bad else 0
 
 
-COMMANDS = {"run": _run, "show": _show, "compare": _compare, "list": _list, "data": _data}
+COMMANDS = {"run": _run, "show": _show, "compare": _compare, "report": _report, "list": _list, "data": _data}
 
 
 if __name__ == "__main__":

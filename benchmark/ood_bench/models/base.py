@@ -118,6 +118,14 @@ class Backbone(nn.Module, abc.ABC):
         """
         return None
 
+    def reconstruct(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Mean of p(x | z_{>k}) for prepared input ``x``, as images in [0, 1] of shape (B, C, H, W).
+
+        z_{>k} are the posterior means and z_{<=k} the conditional-prior means (seed 000 Fig. 2, seed 001
+        Fig. 1): how much of an input the upper layers alone keep. Default: not available.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement reconstruct()")
+
     def data_dependent_init(self, x: torch.Tensor) -> None:
         """Initialise from a batch of prepared training data before the first step (default: nothing)."""
 

@@ -32,6 +32,10 @@ class BernoulliHead:
         """Network output channels the head needs."""
         return self.channels
 
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """Expected image in [0, 1]: the probability of each sub-pixel being on."""
+        return torch.sigmoid(params)
+
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Sum over sub-pixels of log Bernoulli(x | sigmoid(params)), shape (B,)."""
         ll = -F.binary_cross_entropy_with_logits(params, x, reduction="none")
@@ -78,6 +82,24 @@ class DiscretizedLogisticMixtureHead:
         log_scales = rest[:, :, c : 2 * c].clamp(*_LOG_SCALE_RANGE)
         coeffs = torch.tanh(rest[:, :, 2 * c :])
         return logits, means, log_scales, coeffs
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """Expected image in [0, 1] (from levels in [-1, 1]), ignoring the clipping at the two edge bins.
+
+        A logistic is symmetric, so within a component E[x_c] = mu_c + sum_{j<c} coeff_cj E[x_j].
+        """
+        logits, means, _, coeffs = self._split(params)
+        expected = [means[:, :, 0]]
+        pair = 0
+        for ch in range(1, self.channels):
+            mean = means[:, :, ch]
+            for prev in range(ch):
+                mean = mean + coeffs[:, :, pair] * expected[prev]
+                pair += 1
+            expected.append(mean)
+        weights = torch.softmax(logits, dim=1).unsqueeze(2)  # (B, M, 1, H, W)
+        levels = (weights * torch.stack(expected, dim=2)).sum(dim=1)
+        return ((levels.clamp(-1.0, 1.0) + 1.0) / 2.0)
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Exact log-probability of the integer image ``x`` (levels in [-1, 1]), summed per example."""

@@ -543,6 +543,17 @@ class HierarchicalVAE(Backbone):
             for hook in hooks:
                 hook.remove()
 
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Mean of p(x | z_{>k}): posterior means above k, conditional-prior means at and below k."""
+        outputs: list[torch.Tensor] = []
+        hook = self.out_proj.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+        try:
+            self._pass(x, [torch.zeros(x.shape[0], *s, device=x.device) for s in self._shapes], k)
+        finally:
+            hook.remove()
+        return self.head.mean(outputs[0])
+
 
 def _normalise_output(module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
     dims = [0] + list(range(2, out.dim()))

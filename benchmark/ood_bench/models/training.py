@@ -218,6 +218,21 @@ def train_or_load(
         return TrainedBackbone(model, hash_file(final_path), final_path, metadata, steps)
 
 
+def load_trained(path: Path, backbone_cls: type[Backbone], device: str = "cpu") -> TrainedBackbone:
+    """The finished checkpoint at ``path`` (written by :func:`train_or_load`), rebuilt from its metadata.
+
+    Never trains: reports and other readers of a finished run use it to get the exact scored model back.
+    """
+    state = load_checkpoint(path, device)
+    if state.get("format") != FINAL_FORMAT:
+        raise ValueError(f"{path} is not a finished backbone checkpoint ({FINAL_FORMAT})")
+    metadata = state["metadata"]
+    model = backbone_cls.from_params(metadata["params"], tuple(metadata["input_shape"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return TrainedBackbone(model, hash_file(path), Path(path), metadata, 0)
+
+
 @dataclass
 class _Run:
     """The mutable state of one training run (everything a partial checkpoint holds)."""

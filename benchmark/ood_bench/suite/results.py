@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ood_bench.cache.store import ScoreStore
@@ -45,33 +47,43 @@ def previous_runs(run_dir: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()).get("history", []) if path.is_file() else []
 
 
-def records_from_cache(run_dir: Path) -> pd.DataFrame:
-    """Tidy metric records (one row per detector output x seed x OOD set x metric) from cached scores."""
+def score_pairs(run_dir: Path) -> Iterator[tuple[dict[str, Any], str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """``(evaluation, set label, ID scores, set scores)`` for every evaluation of run.json and every non-ID set.
+
+    Scores are the cached arrays by output name; a missing key is a UserError saying to run the suite again.
+    """
     run_dir = Path(run_dir)
     plan = read_plan(run_dir)
     store = ScoreStore(run_dir)
     id_label = plan["id_set"]
-    rows = []
-    for ev in plan["evaluations"]:
-        id_scores = store.get(ev["keys"][id_label])
-        if id_scores is None:
-            raise UserError(f"Scores of {ev['detector']} on {id_label} are missing from {store.path}; "
+
+    def cached(ev: dict[str, Any], set_label: str) -> dict[str, np.ndarray]:
+        scores = store.get(ev["keys"][set_label])
+        if scores is None:
+            raise UserError(f"Scores of {ev['detector']} on {set_label} are missing from {store.path}; "
                             f"run the suite again to compute them.")
-        for set_label, key in ev["keys"].items():
-            if set_label == id_label:
-                continue
-            ood_scores = store.get(key)
-            if ood_scores is None:
-                raise UserError(f"Scores of {ev['detector']} on {set_label} are missing from {store.path}; "
-                                f"run the suite again to compute them.")
-            for output in sorted(ood_scores):
-                values = compute_metrics(id_scores[output], ood_scores[output], plan["metrics"],
-                                         balanced=plan["balanced"], seed=ev["seed"])
-                for metric, value in values.items():
-                    rows.append({
-                        "detector": ev["detector"], "backbone": ev["backbone"], "output": output,
-                        "params": ev["params_str"], "uses_auxiliary_data": ev["uses_auxiliary_data"],
-                        "seed": ev["seed"], "ood_set": set_label, "metric": metric, "value": value,
-                    })
+        return scores
+
+    for ev in plan["evaluations"]:
+        id_scores = cached(ev, id_label)
+        for set_label in ev["keys"]:
+            if set_label != id_label:
+                yield ev, set_label, id_scores, cached(ev, set_label)
+
+
+def records_from_cache(run_dir: Path) -> pd.DataFrame:
+    """Tidy metric records (one row per detector output x seed x OOD set x metric) from cached scores."""
+    plan = read_plan(run_dir)
+    rows = []
+    for ev, set_label, id_scores, ood_scores in score_pairs(run_dir):
+        for output in sorted(ood_scores):
+            values = compute_metrics(id_scores[output], ood_scores[output], plan["metrics"],
+                                     balanced=plan["balanced"], seed=ev["seed"])
+            for metric, value in values.items():
+                rows.append({
+                    "detector": ev["detector"], "backbone": ev["backbone"], "output": output,
+                    "params": ev["params_str"], "uses_auxiliary_data": ev["uses_auxiliary_data"],
+                    "seed": ev["seed"], "ood_set": set_label, "metric": metric, "value": value,
+                })
     return pd.DataFrame(rows, columns=["detector", "backbone", "output", "params", "uses_auxiliary_data",
                                        "seed", "ood_set", "metric", "value"])

@@ -1,0 +1,302 @@
+"""``ood-bench report``: figures and a static page of a finished run, from its cache and checkpoints.
+
+Scores come from ``scores.h5`` alone (ROC curves, densities, the leaderboard). Reconstruction grids and
+per-layer KL need the scored backbone and some images: the backbone is loaded from its checkpoint (never
+trained) and the images from the suite's data (never downloaded). When either is unavailable the page
+says so and everything else is still written.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ood_bench.detectors.base import Batch
+from ood_bench.errors import UserError
+from ood_bench.hashing import hash_file
+from ood_bench.metrics import METRIC_INFO, balanced_pair
+from ood_bench.report import figures
+from ood_bench.report.leaderboard import _metric_view, _metrics_of, leaderboard_table
+from ood_bench.report.page import Block, Bullets, Heading, Image, TableBlock, Text, render_html, render_markdown
+from ood_bench.suite.results import read_plan, records_from_cache, score_pairs
+
+FIGURES = "figures"
+RECON_EXAMPLES = 8
+KL_EXAMPLES = 256
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of ``text``: lower case, runs of other characters become one '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+@dataclass
+class _Names:
+    """Deterministic, unique figure file names (a clash after sanitising gets a numeric suffix)."""
+
+    used: set[str] = field(default_factory=set)
+
+    def __call__(self, *parts: str) -> str:
+        stem = "-".join(slug(p) for p in parts)
+        name, i = f"{stem}.png", 2
+        while name in self.used:
+            name, i = f"{stem}-{i}.png", i + 1
+        self.used.add(name)
+        return name
+
+
+def write_report(
+    run_dir: Path, out_dir: Path | None = None, suite_path: Path | None = None,
+    checkpoint_dir: Path | None = None, console: Console | None = None,
+) -> Path:
+    """Write ``index.html``, ``report.md`` and ``figures/*.png`` for ``run_dir``; returns the folder."""
+    console = console or Console()
+    run_dir = Path(run_dir)
+    plan = read_plan(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    fig_dir = out / FIGURES
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for stale in fig_dir.glob("*.png"):
+        stale.unlink()
+    names = _Names()
+    seed = plan["seeds"][0]
+    title = f"ood-bench report: {plan['suite']} ({plan['profile']} profile)"
+
+    blocks: list[Block] = [*_provenance(plan), *_leaderboard(run_dir, plan)]
+    scores = _first_seed_scores(run_dir, plan, seed)
+    blocks += _roc_section(plan, scores, seed, fig_dir, names)
+    blocks += _density_section(plan, scores, seed, fig_dir, names)
+    blocks += _backbone_sections(plan, run_dir, seed, suite_path, checkpoint_dir, fig_dir, names, console)
+
+    (out / "report.md").write_text(render_markdown(title, blocks), encoding="utf-8")
+    (out / "index.html").write_text(render_html(title, blocks), encoding="utf-8")
+    return out
+
+
+# ------------------------------------------------------------------------------------ tables
+def _provenance(plan: dict[str, Any]) -> list[Block]:
+    prov = plan.get("provenance", {})
+    rows = [["suite", f"{plan['suite']} ({plan.get('suite_file', '')})"],
+            ["suite sha256", plan.get("suite_sha256", "")],
+            ["git revision", str(prov.get("git_revision"))],
+            ["ood-bench / torch", f"{prov.get('ood_bench_version', '')} / {prov.get('torch', '')}"],
+            ["profile", plan["profile"]], ["device", plan.get("device", "")],
+            ["machine", prov.get("machine", "")], ["date", prov.get("date", "")],
+            ["seeds", ", ".join(map(str, plan["seeds"]))],
+            ["balanced", "yes" if plan.get("balanced") else "no"]]
+    rows += [[f"wall time: {k}", f"{v:.1f} s"] for k, v in prov.get("wall_s", {}).items()]
+    sets = [[label, info["role"], str(info["n"]), info["fingerprint"]] for label, info in plan["sets"].items()]
+    sets += [[m["ood_set"], "missing", "", m.get("fetch_command", "")] for m in plan.get("missing", [])]
+    backbones = [[key, Path(b["checkpoint"]).name, b["sha256"]] for key, b in plan.get("backbones", {}).items()]
+    return [Heading("Provenance"), TableBlock(["field", "value"], rows),
+            Text("Evaluation sets (fingerprint: the data checksum every cache key includes):"),
+            TableBlock(["set", "role", "examples", "fingerprint / how to fetch"], sets),
+            Text("Backbones:"), TableBlock(["backbone/seed", "checkpoint", "sha256"], backbones)]
+
+
+def _leaderboard(run_dir: Path, plan: dict[str, Any]) -> list[Block]:
+    table = leaderboard_table(records_from_cache(run_dir), plan["metrics"], missing=plan.get("missing"))
+    blocks: list[Block] = [Heading("Leaderboard"),
+                           Text("The same numbers as `ood-bench show`: mean ± sample std over seeds; scores are "
+                                "higher = more OOD.")]
+    for metric in _metrics_of(table):
+        headers, rows, _ = _metric_view(table, metric)
+        blocks += [Heading(metric, 3), Text(METRIC_INFO.get(metric, "custom metric")),
+                   TableBlock([str(h) for h in headers], [[str(c) for c in row] for row in rows])]
+    if table.attrs.get("footnotes"):
+        blocks.append(Bullets(table.attrs["footnotes"]))
+    return blocks
+
+
+# ------------------------------------------------------------------------------------ score figures
+def _first_seed_scores(run_dir: Path, plan: dict[str, Any], seed: int) -> dict[tuple[str, str], dict]:
+    """(detector, output) -> {set label: (ID scores, set scores)} for ``seed``, balanced like the leaderboard."""
+    out: dict[tuple[str, str], dict] = {}
+    for ev, set_label, id_scores, ood_scores in score_pairs(run_dir):
+        if ev["seed"] != seed:
+            continue
+        for output in ood_scores:
+            s_id, s_ood = id_scores[output], ood_scores[output]
+            if plan["balanced"]:
+                s_id, s_ood = balanced_pair(s_id, s_ood, seed)
+            out.setdefault((ev["detector"], output), {})[set_label] = (s_id, s_ood)
+    return out
+
+
+def _roc_section(plan: dict[str, Any], scores: dict, seed: int, fig_dir: Path, names: _Names) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("ROC curves"),
+        Text(f"One panel per OOD set, one line per detector output (seed {seed}); OOD is the positive class, so "
+             "the x-axis is the fraction of ID test examples flagged OOD and the y-axis the fraction of OOD "
+             "examples caught. The legend gives each line's AUROC; the diagonal is chance. Line style "
+             "distinguishes detectors.")]
+    sets = list(dict.fromkeys(s for per_set in scores.values() for s in per_set))
+    for set_label in sets:
+        curves = [(f"{det}/{output}", *per_set[set_label]) for (det, output), per_set in scores.items()
+                  if set_label in per_set]
+        name = names("roc", set_label)
+        figures.roc_figure(curves, f"{plan['id_set']} (ID) vs {set_label}", fig_dir / name)
+        blocks.append(Image(f"{FIGURES}/{name}", f"ROC curves, {set_label}"))
+    return blocks
+
+
+def _density_section(plan: dict[str, Any], scores: dict, seed: int, fig_dir: Path, names: _Names) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("Score densities"),
+        Text(f"Histograms of each detector output on the ID test set (grey) and on each other set (red), seed "
+             f"{seed}, scaled as densities: a histogram's area is the fraction of its set inside the axis. All "
+             "panels of one output share the x-axis: the 0.5-99.5% quantiles of every set, but at most three "
+             "widths of the ID range beyond it on either side, so that one far-off set cannot squeeze the "
+             "others; a panel says how much of its set lies beyond the axis. Outputs in bits/dim (the negative "
+             "likelihood bound per dimension; further right = less likely) use a logarithmic axis when it "
+             "spans a decade or more, as seed 001 Fig. 5 does. "
+             "Separated histograms mean a good detector; overlapping ones a poor one.")]
+    for (det, output), per_set in scores.items():
+        id_scores = next(iter(per_set.values()))[0]
+        others = {label: s_ood for label, (_, s_ood) in per_set.items()}
+        log = output.endswith("_bpd") and all((v > 0).all() for v in [id_scores, *others.values()])
+        xlabel = "bits/dim" if output.endswith("_bpd") else "score"
+        name = names("density", det, output)
+        figures.density_figure(plan["id_set"], id_scores, others, xlabel, f"{det} / {output}", fig_dir / name,
+                               log=log)
+        blocks.append(Image(f"{FIGURES}/{name}", f"score densities, {det}/{output}"))
+    return blocks
+
+
+# ------------------------------------------------------------------------------------ backbone figures
+def _find_checkpoint(entry: dict[str, Any], run_dir: Path, checkpoint_dir: Path | None) -> tuple[Path | None, str]:
+    """The recorded checkpoint, or the same file in a checkpoint cache, if its sha256 matches the run's."""
+    recorded = Path(entry["checkpoint"])
+    candidates = [recorded]
+    for folder in (checkpoint_dir, os.environ.get("OOD_BENCH_CHECKPOINTS"), run_dir.parent / "checkpoints"):
+        if folder:
+            candidates.append(Path(folder) / recorded.name)
+    mismatched = []
+    for path in dict.fromkeys(candidates):
+        if path.is_file():
+            if hash_file(path) == entry["sha256"]:
+                return path, ""
+            mismatched.append(str(path))
+    if mismatched:
+        return None, (f"checkpoint {', '.join(mismatched)} differs from the one the run scored with "
+                      f"(sha256 {entry['sha256'][:16]}...)")
+    folders = ", ".join(map(str, dict.fromkeys(c.parent for c in candidates)))
+    return None, f"checkpoint file {recorded.name} not found in {folders}; run the suite again or pass --checkpoints"
+
+
+def _load_images(plan: dict[str, Any], suite_path: Path | None) -> tuple[dict | None, str]:
+    """The run's evaluation sets whose fingerprints still match (label -> ImageSet), or a reason."""
+    from ood_bench.suite.datasets import resolve
+    from ood_bench.suite.load import load_suite
+
+    path = Path(suite_path or plan.get("suite_file", ""))
+    try:
+        suite, _ = load_suite(path, plan["profile"])
+        data = resolve(suite, strict=False, download=False)
+    except (UserError, OSError, ValueError) as exc:
+        return None, f"could not load the suite's images ({str(exc).splitlines()[0]}); pass --suite"
+    sets = {label: images for label, images in data.eval_sets.items()
+            if label in plan["sets"] and plan["sets"][label]["fingerprint"] == images.fingerprint}
+    if plan["id_set"] not in sets:
+        return None, "the ID test images on this machine differ from the run's (fingerprint changed)"
+    return sets, ""
+
+
+def _backbone_sections(
+    plan: dict[str, Any], run_dir: Path, seed: int, suite_path: Path | None, checkpoint_dir: Path | None,
+    fig_dir: Path, names: _Names, console: Console,
+) -> list[Block]:
+    from ood_bench.models.training import load_trained
+    from ood_bench.registry import registry
+
+    recon: list[Block] = [
+        Heading("Reconstructions from the upper latents"),
+        Text("Each panel shows inputs (top row) and the mean of p(x | z>k) below them, for k = 0 (the "
+             "ordinary reconstruction) up to L-1: z>k are the posterior means and z<=k the conditional-prior "
+             "means. The larger k, the less of the input the model keeps; OOD inputs drift towards "
+             "in-distribution-looking images while ID inputs stay recognisable (seed 000 Figs. 2, 5, 6; "
+             "seed 001 Fig. 1). A row that no longer changes with k signals collapsed layers.")]
+    kl: list[Block] = [
+        Heading("Per-layer KL"),
+        Text(f"Mean over up to {KL_EXAMPLES} examples per set of the single-sample KL term of each latent layer "
+             "(log q(z_l|.) - log p(z_l|z_l+1), nats per example). A layer with KL near 0 on the ID data is "
+             "collapsed: it carries no information and its L>k bounds and likelihood ratios are "
+             "uninformative. Larger KL on an OOD set than on ID data is what the likelihood-ratio scores use.")]
+    entries = {k: v for k, v in plan.get("backbones", {}).items() if k.endswith(f"/seed{seed}")}
+    images, image_reason = (None, "")
+
+    def unavailable(key: str, reason: str) -> None:
+        console.print(f"[yellow]warning:[/] backbone {key}: {reason}; reconstructions and per-layer KL skipped")
+        recon.append(Text(f"Backbone {key}: not available ({reason})."))
+        kl.append(Text(f"Backbone {key}: not available ({reason})."))
+
+    for key, entry in entries.items():
+        label = key.rsplit("/", 1)[0]
+        path, reason = _find_checkpoint(entry, run_dir, checkpoint_dir)
+        if path is None:
+            unavailable(key, reason)
+            continue
+        if images is None and not image_reason:
+            images, image_reason = _load_images(plan, suite_path)
+        if images is None:
+            unavailable(key, image_reason)
+            continue
+        try:
+            trained = load_trained(path, registry("backbones").get(entry["metadata"]["kind"]))
+        except (UserError, ValueError, RuntimeError, KeyError, OSError, pickle.UnpicklingError) as exc:
+            unavailable(key, f"checkpoint {path.name} cannot be loaded by this version of ood-bench: {exc}")
+            continue
+        recon += _reconstructions(trained.model, key, plan, images, seed, fig_dir, names(label, "reconstructions"))
+        kl += _kl(trained.model, key, plan, images, seed, fig_dir, names(label, "kl"))
+    if not entries:
+        recon.append(Text("The run records no backbone."))
+    return recon + kl
+
+
+def _prepared(model: torch.nn.Module, images: Any, n: int, seed: int) -> tuple[Batch, torch.Tensor]:
+    idx = np.arange(min(n, len(images)))
+    batch = Batch(torch.from_numpy(images.images[idx]), idx, images.fingerprint, seed)
+    return batch, model.prepare(batch.images.to(model.device), batch.generators("input"))
+
+
+def _shown_sets(plan: dict[str, Any], images: dict) -> list[str]:
+    return [label for label in plan["sets"] if label in images and plan["sets"][label]["role"] != "sanity"]
+
+
+def _display(plan: dict[str, Any], label: str) -> str:
+    return f"{label} (ID)" if label == plan["id_set"] else label
+
+
+def _reconstructions(model, key: str, plan: dict, images: dict, seed: int, fig_dir: Path, name: str) -> list[Block]:
+    panels = {}
+    try:
+        for label in _shown_sets(plan, images):
+            batch, x = _prepared(model, images[label], RECON_EXAMPLES, seed)
+            recons = [model.reconstruct(x, k).cpu().numpy() for k in range(model.num_latent_layers)]
+            panels[_display(plan, label)] = (batch.images.numpy() / 255.0, recons)
+    except NotImplementedError:
+        return [Text(f"Backbone {key} ({type(model).__name__}) does not implement reconstruct(); "
+                     "no reconstruction grid.")]
+    figures.reconstruction_figure(panels, f"{key}: inputs and mean reconstructions from z>k", fig_dir / name)
+    return [Image(f"{FIGURES}/{name}", f"reconstructions, {key}")]
+
+
+@torch.inference_mode()
+def _kl(model, key: str, plan: dict, images: dict, seed: int, fig_dir: Path, name: str) -> list[Block]:
+    means = {}
+    for label in _shown_sets(plan, images):
+        batch, x = _prepared(model, images[label], KL_EXAMPLES, seed)
+        terms = model.bound(x, model.draw_noise(batch.generators("report-kl"), 1), 0)
+        means[_display(plan, label)] = np.array([float(t.double().mean()) for t in terms.kl])
+    figures.kl_figure(means, f"{key}: KL per latent layer", fig_dir / name)
+    layers = [f"z{l + 1}" for l in range(model.num_latent_layers)]
+    rows = [[label, *[f"{v:.2f}" for v in values]] for label, values in means.items()]
+    return [Image(f"{FIGURES}/{name}", f"per-layer KL, {key}"), TableBlock(["set", *layers], rows)]
