@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ood_bench.numerics import stacked_uniform
 
 BIN_HALF_WIDTH = 1.0 / 255.0  # half the distance between neighbouring levels in [-1, 1]
 _EDGE = 1.0 - BIN_HALF_WIDTH  # values beyond +-_EDGE are the lowest / highest level
@@ -135,3 +138,23 @@ def make_head(
     if likelihood == "dlm":
         return DiscretizedLogisticMixtureHead(channels, components)
     raise ValueError(f"unknown likelihood {likelihood!r}; allowed: bernoulli, dlm")
+
+
+def head_input(
+    images: torch.Tensor, input_shape: tuple[int, ...], likelihood: str,
+    generators: Sequence[torch.Generator] | None,
+) -> torch.Tensor:
+    """uint8 (B, C, H, W) images as a head models them: binarised with probability x/255 for ``bernoulli``
+    (per-example draws from ``generators``, or the global RNG in training), rescaled to [-1, 1] for ``dlm``."""
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"expected uint8 images of shape (B, {tuple(input_shape)}), got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    if likelihood == "dlm":
+        return images.float() * (2.0 / 255.0) - 1.0
+    if generators is None:
+        u = torch.rand(images.shape, device=images.device)
+    else:
+        if len(generators) != images.shape[0]:
+            raise ValueError(f"{len(generators)} generators for {images.shape[0]} images")
+        u = stacked_uniform(generators, tuple(input_shape)).to(images.device)
+    return (u < images.float() / 255.0).float()

@@ -26,8 +26,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
-from ood_bench.models.heads import make_head
-from ood_bench.numerics import stacked_uniform
+from ood_bench.models.heads import head_input, make_head
 
 _LN2 = math.log(2.0)
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -404,18 +403,7 @@ class HierarchicalVAE(Backbone):
         return list(self._shapes)
 
     def prepare(self, images: torch.Tensor, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected uint8 images of shape (B, {self.input_shape}), got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        if self.likelihood == "dlm":
-            return images.float() * (2.0 / 255.0) - 1.0
-        if generators is None:
-            u = torch.rand(images.shape, device=images.device)
-        else:
-            if len(generators) != images.shape[0]:
-                raise ValueError(f"{len(generators)} generators for {images.shape[0]} images")
-            u = stacked_uniform(generators, self.input_shape).to(images.device)
-        return (u < images.float() / 255.0).float()
+        return head_input(images, self.input_shape, self.likelihood, generators)
 
     def _pass(
         self, x: torch.Tensor, noise: Sequence[torch.Tensor], k: int, branches: str | None = None
