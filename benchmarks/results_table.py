@@ -83,6 +83,24 @@ def comparison(run_dir: Path, references: list[Path], metrics: list[str] | None 
     return pd.DataFrame(rows)
 
 
+def backbones(plan: dict) -> pd.DataFrame:
+    """One row per trained backbone of the run: training cost, validation ELBO and per-layer KL (collapse check)."""
+    rows = []
+    for name, entry in plan["backbones"].items():
+        meta = entry["metadata"]
+        rows.append({
+            "backbone": name,
+            "kind": meta["kind"],
+            "epochs": meta.get("epochs_completed"),
+            "training s": round(meta["wall_time_s"]),
+            "img/s": round(meta["images_per_s"]),
+            "threads": meta.get("num_threads"),
+            "val bits/dim": f"{meta['best_val_bpd']:.4f}",
+            "val KL per layer (nats)": " / ".join(f"{kl:.1f}" for kl in meta["best_val_kl"]),
+        })
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -102,6 +120,8 @@ def main() -> None:
     if plan["missing"]:
         print("Not available on this machine (skipped): "
               + ", ".join(f"{m['ood_set']} (`{m['fetch_command']}`)" for m in plan["missing"]) + ".")
+    print()
+    print(backbones(plan).to_markdown(index=False))
     print()
     print(table.to_markdown(index=False))
 
