@@ -80,7 +80,11 @@ def main() -> None:
         if spec.backbone != backbone_label:
             continue
         cls = registry("detectors").get(spec.detector or label)
-        detectors[label] = build_detector(cls, spec.params, label).fit(model, data.train)
+        detector = build_detector(cls, spec.params, label)
+        if detector.seed_variants() > 1:
+            print(f"(not timed: `{label}` is an ensemble of {detector.seed_variants()} seed variants)")
+            continue
+        detectors[label] = detector.fit(model, data.train)
 
     def score(det, clear=True):
         def run():
