@@ -106,20 +106,15 @@ def test_llr_outputs_are_consistent_differences(model, images):
                                    rtol=1e-6, atol=1e-6)
 
 
-def test_estimates_are_shared_between_detectors(model, images):
+def test_estimates_are_shared_between_detectors(model, images, bound_calls):
     estimators.forget(model)
     lik = registry("detectors").get("likelihood")(iwae_samples=3).fit(model, images)
     llr = registry("detectors").get("llr")(iwae_samples=3).fit(model, images)
     idx = np.arange(len(images))
     batch = Batch(torch.from_numpy(images.images), idx, images.fingerprint, 0)
     a = lik.score(batch)
-    calls = []
-    original = model.bound
-    model.bound = lambda *args, **kw: calls.append(kw.get("k", 0)) or original(*args, **kw)
-    try:
+    with bound_calls(model) as calls:
         b = llr.score(batch)
-    finally:
-        del model.bound
     assert sorted(calls) == [1, 2], "llr must reuse the ELBO and IWAE that likelihood computed"
     np.testing.assert_array_equal(a["elbo_bpd"], b["lk0_bpd"])
 

@@ -126,20 +126,15 @@ def test_llr_ada_is_eq_11_of_the_shared_estimates(images):
     np.testing.assert_array_equal(out["llr_k2"], llr[2])
 
 
-def test_llr_ada_reuses_what_llr_computed(images):
+def test_llr_ada_reuses_what_llr_computed(images, bound_calls):
     model = _model()
     estimators.forget(model)
     llr = registry("detectors").get("llr")(iwae_samples=3).fit(model, images)
     ada = AdaptiveLikelihoodRatio(iwae_samples=3).fit(model, images)
     batch = Batch(torch.from_numpy(images.images), np.arange(len(images)), images.fingerprint, 0)
     first = llr.score(batch)
-    calls = []
-    original = model.bound
-    model.bound = lambda *args, **kw: calls.append(kw.get("k", 0)) or original(*args, **kw)
-    try:
+    with bound_calls(model) as calls:
         second = ada.score(batch)
-    finally:
-        del model.bound
     assert calls == [], "llr_ada must reuse the L^{>k}, LL^{>k} and IWAE estimates of llr"
     for k in (1, 2):
         np.testing.assert_array_equal(second[f"llr_k{k}"], first[f"llr_k{k}"])
