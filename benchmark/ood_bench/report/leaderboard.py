@@ -173,10 +173,11 @@ def leaderboard_table(
                                       zip(summary["detector"], summary["uses_auxiliary_data"], strict=True)])
     row_keys = list(dict.fromkeys(labels[ROW_KEY].itertuples(index=False, name=None)))
     index = pd.MultiIndex.from_tuples(row_keys, names=ROW_KEY)
-    table = pd.DataFrame(EMPTY_CELL, index=index, columns=columns, dtype=object)
+    cells: dict[tuple, dict[tuple, str]] = {}
     for row in labels.itertuples(index=False):
-        cell = _cell(row.mean, row.std, row.n_seeds, row.oracle_choice)
-        table.loc[(row.detector, row.backbone, row.output, row.params), (row.ood_set, row.metric)] = cell
+        cells.setdefault((row.ood_set, row.metric), {})[(row.detector, row.backbone, row.output, row.params)] = (
+            _cell(row.mean, row.std, row.n_seeds, row.oracle_choice))
+    table = pd.DataFrame(cells, dtype=object).reindex(index=index, columns=columns).fillna(EMPTY_CELL)
     for ood_set in missing_sets:
         for metric in metric_names:
             table[(ood_set, metric)] = MISSING_CELL
