@@ -177,7 +177,7 @@ def leaderboard_table(
     for row in labels.itertuples(index=False):
         cells.setdefault((row.ood_set, row.metric), {})[(row.detector, row.backbone, row.output, row.params)] = (
             _cell(row.mean, row.std, row.n_seeds, row.oracle_choice))
-    table = pd.DataFrame(cells, dtype=object).reindex(index=index, columns=columns).fillna(EMPTY_CELL)
+    table = pd.DataFrame(cells, dtype=object).reindex(index=index, columns=columns).astype(object).fillna(EMPTY_CELL)
     for ood_set in missing_sets:
         for metric in metric_names:
             table[(ood_set, metric)] = MISSING_CELL
