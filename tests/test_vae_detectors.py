@@ -185,7 +185,7 @@ def test_ekfac_with_identity_eigenbases_is_the_diagonal_fisher():
 
 
 def test_rose_fit_is_cached_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setenv("OOD_BENCH_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setattr(rose.Rose, "fit_cache_dir", tmp_path / "fits")  # as the runner sets it
     monkeypatch.setattr(rose, "_MEMORY", {})
     model, fit = _model(seed=5), _fit_set()
     before = rose.FITS_COMPUTED

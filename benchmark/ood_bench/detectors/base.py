@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,6 +41,9 @@ class Detector:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     uses_auxiliary_data: ClassVar[bool] = False
+    fit_cache_dir: Path | None = None
+    """A folder where ``fit`` may keep what it learned across runs, keyed by the detector itself. The runner
+    sets it to ``<checkpoint cache>/fits``; None (the default outside a run) keeps fits in memory only."""
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters and their current values (hashed into the cache key)."""

@@ -19,17 +19,15 @@ FashionMNIST -> MNIST AUROC 0.995 with EKFAC, 0.971 with DIAG (seed 003 Tables 2
 
 Per-example gradients come from ``torch.func.vmap(torch.func.grad(...))`` over ``functional_call``: one
 vectorised pass per batch, not a loop of backward passes. The fitted statistics are cached in
-``$OOD_BENCH_CHECKPOINTS/fits/`` (atomic writes) under a key of the backbone's weights, the fit data,
-the parameters that shape the fit and the detector version, so a re-run, or a second suite entry that
-differs only in aggregation, does not refit. Without that variable they are kept in memory only.
+``fit_cache_dir`` (``<checkpoint cache>/fits/`` in a run; atomic writes) under a key of the backbone's
+weights, the fit data, the parameters that shape the fit and the detector version, so a re-run, or a
+second suite entry that differs only in aggregation, does not refit. Outside a run they are kept in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -188,7 +186,7 @@ class Rose(Detector):
         fit_set = subset(id_train, self.n_fit, FIT_SEED)
         key = digest("rose-fit", self.version, _weights_hash(model), fit_set.fingerprint,
                      {"preconditioner": self.preconditioner, "n_fit": self.n_fit, "diag_sqrt": self.diag_sqrt})
-        path = _cache_path(key)
+        path = self.fit_cache_dir / f"rose-{key[:32]}.pt" if self.fit_cache_dir else None
         if key in _MEMORY:
             stats = _MEMORY[key]
         elif path is not None and path.exists():
@@ -284,8 +282,3 @@ def _weights_hash(model: torch.nn.Module) -> str:
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _cache_path(key: str) -> Path | None:
-    root = os.environ.get("OOD_BENCH_CHECKPOINTS")
-    return Path(root) / "fits" / f"rose-{key[:32]}.pt" if root else None

@@ -107,6 +107,7 @@ def run_suite(
     for seed in suite.seeds:
         for label, spec in suite.detectors.items():
             detector = _build_detector(suite, label)
+            detector.fit_cache_dir = checkpoint_dir / "fits"
             # an ensemble detector needs seed variants s, s+1, ... of its backbone; each is an ordinary checkpoint
             members = [
                 _backbone(suite, spec.backbone, seed + i, data, device, checkpoint_dir, trained, stats, console)
