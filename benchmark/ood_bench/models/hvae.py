@@ -27,8 +27,8 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import head_input, make_head
+from ood_bench.numerics import LN2
 
-_LN2 = math.log(2.0)
 _LOG_2PI = math.log(2.0 * math.pi)
 _MIN_STD = 1e-4
 CPU_ROWS_PER_PASS = 256
@@ -222,7 +222,7 @@ class GaussianHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, raw = self.proj(F.relu(h)).chunk(2, dim=1)
-        return mean, F.softplus(raw, beta=_LN2) + _MIN_STD
+        return mean, F.softplus(raw, beta=LN2) + _MIN_STD
 
 
 # ------------------------------------------------------------------------------------ the model

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-import json
 import types
 import typing
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ood_bench.errors import UserError
+from ood_bench.hashing import canonical_json
 from ood_bench.suite.schema import DatasetRef, Suite
 
 
@@ -170,7 +170,7 @@ def check_references(suite: Suite, path: Path) -> None:
 
 def _source(ref: DatasetRef, split: str) -> tuple[str, str, str]:
     """What identifies the source images of a reference: dataset, split and parameters (not transforms)."""
-    return ref.dataset, split, json.dumps(ref.params, sort_keys=True, default=str)
+    return ref.dataset, split, canonical_json(ref.params)
 
 
 def check_auxiliary(suite: Suite, name: str, use: str, fail: Callable[..., None]) -> None:
