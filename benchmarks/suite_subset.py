@@ -11,10 +11,28 @@ loads) the same checkpoints as the full suite and its scores are the ones the fu
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+
+def restrict(raw: dict[str, Any], detectors: list[str], name: str) -> dict[str, Any]:
+    """A copy of the raw suite mapping with only ``detectors``, the backbones they use, under ``name``."""
+    raw = copy.deepcopy(raw)
+    raw["name"] = name
+    raw["detectors"] = {k: v for k, v in raw["detectors"].items() if k in detectors}
+    used = {d["backbone"] for d in raw["detectors"].values()}
+    raw["backbones"] = {k: v for k, v in raw["backbones"].items() if k in used}
+    for profile in (raw.get("profiles") or {}).values():
+        if "detectors" in profile:
+            profile["detectors"] = {k: v for k, v in profile["detectors"].items() if k in detectors}
+            used |= {d["backbone"] for d in profile["detectors"].values() if "backbone" in d}
+        if "backbones" in profile:
+            profile["backbones"] = {k: v for k, v in profile["backbones"].items() if k in used}
+    return raw
 
 
 def main() -> None:
@@ -27,17 +45,7 @@ def main() -> None:
     unknown = sorted(set(args.detectors) - set(raw["detectors"]))
     if unknown:
         sys.exit(f"not detectors of {args.suite}: {', '.join(unknown)}")
-    raw["name"] = args.name
-    raw["detectors"] = {k: v for k, v in raw["detectors"].items() if k in args.detectors}
-    used = {d["backbone"] for d in raw["detectors"].values()}
-    raw["backbones"] = {k: v for k, v in raw["backbones"].items() if k in used}
-    for profile in (raw.get("profiles") or {}).values():
-        if "detectors" in profile:
-            profile["detectors"] = {k: v for k, v in profile["detectors"].items() if k in args.detectors}
-            used |= {d["backbone"] for d in profile["detectors"].values() if "backbone" in d}
-        if "backbones" in profile:
-            profile["backbones"] = {k: v for k, v in profile["backbones"].items() if k in used}
-    yaml.safe_dump(raw, sys.stdout, sort_keys=False)
+    yaml.safe_dump(restrict(raw, args.detectors, args.name), sys.stdout, sort_keys=False)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import copy
 from pathlib import Path
 
 import yaml
+from suite_subset import restrict
 
 MINE = ("input_complexity", "bpvae", "negative_sampling")
 
@@ -29,12 +30,9 @@ def main() -> None:
     parser.add_argument("--suite", type=Path, default=Path("suites/fmnist.yaml"))
     parser.add_argument("--sigma-s", type=float, nargs="+", default=[0.1, 0.3])
     args = parser.parse_args()
-    suite = yaml.safe_load(args.suite.read_text())
-    suite["detectors"] = {k: v for k, v in suite["detectors"].items() if k in MINE}
-    used = {v["backbone"] for v in suite["detectors"].values()}
-    suite["backbones"] = {k: v for k, v in suite["backbones"].items() if k in used}
+    raw = yaml.safe_load(args.suite.read_text())
+    suite = restrict(raw, list(MINE), f"{raw['name']}-issue4b")
     suite["profiles"] = {}
-    suite["name"] = f"{suite['name']}-issue4b"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "fmnist-4b.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
 
