@@ -47,11 +47,12 @@ def score_in_batches(detector, images, batch_size, seed=0):
 DETECTORS = sorted(registry("detectors").entries)
 
 
-def backbone_for(cls, model):
-    """The HVAE, or a tiny plain VAE built with the training objective a detector requires (bpvae, ...)."""
+def backbone_for(cls, model, vae_model):
+    """The HVAE, the tiny plain VAE for detectors built for it, or a tiny plain VAE trained with the objective a
+    detector requires (bpvae, ...)."""
     objective = getattr(cls, "objective", None)
     if not objective:
-        return model
+        return vae_model if getattr(cls, "requires_backbone", None) is ConvVAE else model
     torch.manual_seed(0)
     return ConvVAE.from_params({"channels": [4, 8], "hidden": 16, "latent_dim": 3, "objective": objective},
                                (1, 28, 28)).eval()
@@ -60,11 +61,9 @@ def backbone_for(cls, model):
 @pytest.mark.parametrize("name", DETECTORS)
 def test_common_detector_contract(name, model, vae_model, images):
     cls = registry("detectors").entries[name]
-    if getattr(cls, "requires_backbone", None) is ConvVAE:  # detectors built for the single-latent VAE
-        model = vae_model
     det = cls()
     n = det.seed_variants()  # ensembles get n backbones (here n references to the same model)
-    backbone = backbone_for(cls, model)
+    backbone = backbone_for(cls, model, vae_model)
     det = det.fit(backbone if n == 1 else [backbone] * n, images)
     assert set(det.get_params()) <= set(cls.__init__.__code__.co_varnames)
     full = score_in_batches(det, images, 21)

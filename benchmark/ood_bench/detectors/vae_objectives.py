@@ -76,5 +76,5 @@ class NegativeSampling(_ObjectiveDetector):
         x = self._model_input(batch)
         with torch.inference_mode():
             mean, log_var = model.posterior(x)
-            kl = 0.5 * (mean.double() ** 2 + log_var.double().exp() - 1.0 - log_var.double())
+            kl = model.kl_analytic(mean.double(), log_var.double())
         return {"bpd": self._bpd(batch, x), "kl": kl.sum(1).cpu().numpy()}
