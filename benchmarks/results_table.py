@@ -117,6 +117,9 @@ def main() -> None:
         print(f"- run {i} ({run['date']}, commit `{run['git_revision']}`): {run['wall_s']:.0f} s inside "
               f"`ood-bench run`, {run['trained_backbones']} backbone(s) trained, {run['scored_examples']} "
               f"examples scored.")
+        parts = {k: v for k, v in run.get("wall_s_parts", {}).items() if k != "total" and v >= 1}
+        if run["scored_examples"] and parts:
+            print("  seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()) + ".")
     if plan["missing"]:
         print("Not available on this machine (skipped): "
               + ", ".join(f"{m['ood_set']} (`{m['fetch_command']}`)" for m in plan["missing"]) + ".")

@@ -70,8 +70,12 @@ def test_second_run_recomputes_nothing(first_run):
     before = all_scores(run_dir)
     proc = cli("run", TINY, "--results", base / "results", "--checkpoints", base / "ckpt")
     assert proc.returncode == 0, proc.stderr
-    prov = json.loads((run_dir / "run.json").read_text())["provenance"]
+    plan = json.loads((run_dir / "run.json").read_text())
+    prov = plan["provenance"]
     assert prov["trained_backbones"] == 0 and prov["scored_examples"] == 0
+    # the history keeps the first run's cost breakdown, which the cached run's provenance no longer has
+    first = plan["history"][0]
+    assert first["scored_examples"] > 0 and first["wall_s_parts"]["score llr seed 0"] > 0
     after = all_scores(run_dir)
     assert before.keys() == after.keys()
     for key in before:

@@ -158,7 +158,7 @@ def run_suite(
     plan["history"] = results.previous_runs(run_dir) + [{
         k: provenance[k] for k in ("date", "git_revision", "profile", "device", "trained_backbones",
                                    "scored_examples")
-    } | {"wall_s": round(stats.wall_s["total"], 2)}]
+    } | {"wall_s": round(stats.wall_s["total"], 2), "wall_s_parts": provenance["wall_s"]}]
     store.set_attrs({"provenance": provenance})
     results.write_plan(run_dir, plan)
     records = results.records_from_cache(run_dir)
