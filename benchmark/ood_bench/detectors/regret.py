@@ -33,6 +33,7 @@ from torch.func import functional_call, grad, vmap
 
 from ood_bench.detectors.base import Batch, Detector
 from ood_bench.errors import UserError
+from ood_bench.models.base import frozen
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import log_mean_exp, stacked_normal
 
@@ -155,7 +156,18 @@ def regret_reference_loop(
     model: ConvVAE, x: torch.Tensor, step_noise: torch.Tensor, iwae_noise: torch.Tensor, target: str,
     lr: float, weight_decay: float,
 ) -> torch.Tensor:
-    """The one-example-at-a-time computation (deep copy + torch.optim.Adam), for tests and benchmarks."""
+    """The one-example-at-a-time computation (deep copy + torch.optim.Adam), for tests and benchmarks.
+
+    Like :meth:`LikelihoodRegret.score` it freezes the backbone, so backward passes skip the decoder weights.
+    """
+    with frozen(model.parameters()):
+        return _reference_loop(model, x, step_noise, iwae_noise, target, lr, weight_decay)
+
+
+def _reference_loop(
+    model: ConvVAE, x: torch.Tensor, step_noise: torch.Tensor, iwae_noise: torch.Tensor, target: str,
+    lr: float, weight_decay: float,
+) -> torch.Tensor:
     out = []
     for i in range(x.shape[0]):
         xi = x[i : i + 1]
@@ -165,7 +177,7 @@ def regret_reference_loop(
             mean, logvar = mean0.clone().requires_grad_(True), logvar0.clone().requires_grad_(True)
             leaves = [mean, logvar]
         else:
-            encoder = copy.deepcopy(model.encoder)
+            encoder = copy.deepcopy(model.encoder).requires_grad_(True)
             leaves = list(encoder.parameters())
         optimizer = torch.optim.Adam(leaves, lr=lr, betas=BETAS, eps=ADAM_EPS, weight_decay=weight_decay)
         for eps in step_noise[:, i : i + 1]:
@@ -237,7 +249,7 @@ class LikelihoodRegret(Detector):
         dtype = next(model.parameters()).dtype
         x = self._model_input(batch).to(dtype)
         step_noise, iwae_noise = (n.to(x.device, dtype) for n in self.noise(batch))
-        with torch.no_grad():
+        with frozen(model.parameters()), torch.no_grad():  # the decoder is fixed: no weight gradients
             before = iwae_at(model, x, *model.posterior(x), iwae_noise)
             mean, logvar = optimise_posterior(model, x, step_noise, self.target, self.lr, self.weight_decay)
             after = iwae_at(model, x, mean, logvar, iwae_noise)

@@ -41,6 +41,7 @@ from ood_bench.data.sampling import subset
 from ood_bench.detectors.base import Batch, Detector
 from ood_bench.detectors.regret import require_vae
 from ood_bench.hashing import digest
+from ood_bench.models.base import frozen
 from ood_bench.models.checkpoints import load_checkpoint, save_atomic
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import example_generators
@@ -83,6 +84,11 @@ def per_example_gradients(model: ConvVAE, x: torch.Tensor) -> dict[str, torch.Te
 
 def per_example_gradients_loop(model: ConvVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The same gradients with one backward pass per example (the slow reference, for tests/benchmarks)."""
+    with frozen(model.decoder.parameters()):
+        return _per_example_gradients_loop(model, x)
+
+
+def _per_example_gradients_loop(model: ConvVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
     convs = encoder_convs(model)
     out: dict[str, list[torch.Tensor]] = {n: [] for n in convs}
     for i in range(x.shape[0]):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,6 +49,19 @@ def config_from_params(config_cls: type, params: dict[str, Any], owner: str) -> 
             f"unknown {owner} parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
         )
     return config_cls(**params)
+
+
+@contextmanager
+def frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Parameters that receive no gradient from what is computed inside (inputs still do)."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class Backbone(nn.Module, abc.ABC):

@@ -27,6 +27,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import head_input, make_head
+from ood_bench.models.layers import UpConv2d
 from ood_bench.numerics import LN2
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -134,7 +135,7 @@ def _conv(cin: int, cout: int, kernel: int, wn: bool, stride: int = 1) -> nn.Mod
 
 def _strided(cin: int, cout: int, wn: bool, up: bool) -> nn.Module:
     """A 4x4 convolution that halves the resolution, or a transposed one that doubles it."""
-    conv = nn.ConvTranspose2d if up else nn.Conv2d
+    conv = UpConv2d if up else nn.Conv2d
     return _wn(conv(cin, cout, 4, stride=2, padding=1), wn)
 
 

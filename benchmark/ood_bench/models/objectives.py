@@ -25,14 +25,12 @@ The model is the plain VAE of :mod:`ood_bench.models.vae`: ``posterior``, ``deco
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ood_bench.models.base import config_from_params
+from ood_bench.models.base import config_from_params, frozen
 
 OBJECTIVES = ("elbo", "bpvae", "negative_sampling")
 NEGATIVES = ("aux", "uniform", "generated")
@@ -105,19 +103,6 @@ def _elbo_terms(model: Any, x: torch.Tensor, prior_sd: float) -> tuple[torch.Ten
     return model.log_px(model.decode(z), x), gaussian_kl(mean, log_var, 0.0, prior_sd)
 
 
-@contextmanager
-def _frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
-    """Parameters that receive no gradient from what is computed inside (inputs still do)."""
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 def training_loss(
     model: Any, objective: str, cfg: ObjectiveParams, x: torch.Tensor, beta: float, free_bits: float,
     aux: torch.Tensor | None = None,
@@ -147,7 +132,7 @@ def training_loss(
             z = torch.randn(x.shape[0], *model.latent_shapes()[0], device=x.device)
             generated = torch.sigmoid(model.decode(z))  # Bernoulli means, in the model's input space
             if cfg.generator_term:
-                with _frozen(model.encoder.parameters()):
+                with frozen(model.encoder.parameters()):
                     g_mean, g_log_var = model.posterior(generated)
                     gen_kl = gaussian_kl(g_mean, g_log_var, 0.0, 1.0).sum(1)
                 loss = loss + gen_kl.mean()

@@ -29,6 +29,7 @@ from torch import nn
 from ood_bench.models import objectives
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import head_input, make_head
+from ood_bench.models.layers import UpConv2d
 
 _LOG_2PI = math.log(2.0 * math.pi)
 CPU_ROWS_PER_PASS = 512
@@ -134,7 +135,7 @@ class ConvVAE(Backbone):
         for i, cout in enumerate(outs):
             src, dst = sides[-1 - i], sides[-2 - i]
             pad = tuple(t - ((s - 1) * 2 - 2 + 4) for s, t in zip(src, dst, strict=True))
-            dec.append(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, output_padding=pad))
+            dec.append(UpConv2d(cin, cout, 4, stride=2, padding=1, output_padding=pad))
             if i < len(outs) - 1:
                 dec.append(nn.ReLU())
             cin = cout

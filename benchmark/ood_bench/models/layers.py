@@ -1,0 +1,100 @@
+"""A faster CPU forward pass for the 4x4 / stride-2 / padding-1 transposed convolution of the decoders.
+
+Both backbones upsample with ``ConvTranspose2d(cin, cout, 4, stride=2, padding=1)``. On CPU, PyTorch's
+oneDNN transposed-convolution kernel runs these shapes 2-4x slower than an ordinary convolution of the
+same arithmetic (the decoders' last layer, 16 -> 1 channel at 28x28, most of all:
+``benchmarks/upconv_speed.py``, docs/performance.md). :class:`UpConv2d` is a drop-in replacement with
+the same parameters and state dict that computes the same map as one ordinary convolution:
+
+    output pixel (2m + a, 2n + c) only sees input pixels m - 1 + a .. m + a and n - 1 + c .. n + c,
+    through kernel taps 3 - a - 2i and 3 - c - 2j (i, j in {0, 1}).
+
+So a 2x2 convolution of the input padded by 1, with the four phases (a, c) stacked as 4 * cout output
+channels, gives every output pixel; one strided copy interleaves the phases. The backward pass is
+PyTorch's own transposed-convolution backward (``aten.convolution_backward``), so gradients are exactly
+those of ``nn.ConvTranspose2d``; under ``torch.func.vmap`` the vmapped dimension is folded into the batch.
+Other configurations, other devices and ``output_size`` calls fall back to ``nn.ConvTranspose2d``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_TAPS = torch.tensor([[3, 1], [2, 0]])
+"""_TAPS[a, i]: the kernel tap that window position i uses for output phase a (3 - a - 2i)."""
+
+
+def phase_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Transposed-conv weight (cin, cout, 4, 4) -> 2x2 conv weight (4 * cout, cin, 2, 2), phases (a, c) major."""
+    cin, cout = weight.shape[:2]
+    taps = _TAPS.to(weight.device)
+    w = weight.transpose(0, 1)[:, :, taps[:, None, :, None], taps[None, :, None, :]]  # cout, cin, a, c, i, j
+    return w.permute(2, 3, 0, 1, 4, 5).reshape(4 * cout, cin, 2, 2)
+
+
+def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.conv_transpose2d(x, weight, bias, stride=2, padding=1)`` as one 2x2 convolution + interleave."""
+    batch, _, h, w = x.shape
+    cout = weight.shape[1]
+    # channels-last makes the interleaving copy move whole channel vectors
+    cl = torch.channels_last
+    y = F.conv2d(x.contiguous(memory_format=cl), phase_weight(weight).contiguous(memory_format=cl),
+                 None if bias is None else bias.repeat(4), padding=1)
+    y = y.permute(0, 2, 3, 1).contiguous()  # (B, h + 1, w + 1, 4 * cout); free when y is channels-last
+    sb, sr, sc, _ = y.stride()
+    # phase (a, c) of output row m, column n sits at y[:, m + a, n + c, (2a + c) * cout + channel]
+    phases = y.as_strided((batch, h, 2, w, 2, cout), (sb, sr, sr + 2 * cout, sc, sc + cout, 1), y.storage_offset())
+    out = torch.empty((batch, 2 * h, 2 * w, cout), dtype=y.dtype, device=y.device)
+    out.view(batch, h, 2, w, 2, cout).copy_(phases)
+    return out.permute(0, 3, 1, 2)
+
+
+class _PhaseConvTranspose(torch.autograd.Function):
+    """Forward by :func:`phase_conv_transpose`, backward by PyTorch's transposed-convolution backward."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return phase_conv_transpose(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.bias_sizes = None if bias is None else [bias.shape[0]]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                 ctx.bias_sizes is not None and ctx.needs_input_grad[2]]
+        return torch.ops.aten.convolution_backward(grad, x, weight, ctx.bias_sizes, [2, 2], [1, 1], [1, 1], True,
+                                                   [0, 0], 1, needs)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor,
+             bias: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        x_dim, w_dim, b_dim = in_dims
+        if w_dim is None and b_dim is None:  # shared weights: the vmapped axis is just more batch rows
+            xs = x.movedim(x_dim, 0) if x_dim is not None else x.expand(info.batch_size, *x.shape)
+            out = _PhaseConvTranspose.apply(xs.reshape(-1, *xs.shape[2:]), weight, bias)
+            return out.reshape(*xs.shape[:2], *out.shape[1:]), 0
+        native = torch.vmap(lambda xi, wi, bi: F.conv_transpose2d(xi, wi, bi, stride=2, padding=1), in_dims=in_dims)
+        return native(x, weight, bias), 0
+
+
+class UpConv2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` whose 4x4 / stride-2 / padding-1 CPU forward is a phase convolution (see module doc)."""
+
+    def _phase_path(self, x: torch.Tensor) -> bool:
+        return (self.kernel_size == (4, 4) and self.stride == (2, 2) and self.padding == (1, 1)
+                and self.output_padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1
+                and self.padding_mode == "zeros" and x.dim() == 4 and x.device.type == "cpu")
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if output_size is None and self._phase_path(x):
+            return _PhaseConvTranspose.apply(x, self.weight, self.bias)
+        return super().forward(x, output_size)
