@@ -1,10 +1,11 @@
 """Speed of the VAE-family detectors and of their vectorisation (docs/performance.md, issue 4).
 
-Usage: python benchmarks/detector_speed.py [suites/fmnist.yaml] [--profile cpu] [--n 512] [--loop-n 32]
+Usage: python benchmarks/detector_speed.py [suites/fmnist.yaml] [--profile cpu] [--n 512] [--loop-n 32] [--repeats 3]
 
 Loads (or trains) the suite's `vae` backbone through the checkpoint cache exactly as `ood-bench run`
 does, then, in this one process on the first N in-distribution test images:
-  * examples/s of every suite detector on that backbone (`score` in batches; ROSE's fit timed apart);
+  * examples/s of every suite detector on that backbone (`score` in batches, median of --repeats; ROSE's fit
+    timed apart, once);
   * likelihood regret, batched vs the one-example-at-a-time loop (deep copy + torch.optim.Adam, batch 1)
     on the first --loop-n images with the same noise: time ratio and max |difference| (asserted small),
     for the suite's settings and for the reference's encoder-copy target;
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -49,13 +51,28 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def regret_comparison(det: LikelihoodRegret, batch: Batch) -> tuple[float, float, float]:
-    """(batched seconds, loop seconds, max |difference|) of the regret of one batch."""
-    batched, t_batched = timed(lambda: det.score(batch)["regret"])
+def paired_timings(fast, slow, repeats: int):
+    """Run ``fast`` and ``slow`` alternately ``repeats`` times: (fast output, slow output, fast s, slow s).
+
+    Times are lists, one per repeat; alternating spreads the machine's drifts over both paths alike.
+    """
+    t_fast, t_slow = [], []
+    for _ in range(repeats):
+        out_fast, t = timed(fast)
+        t_fast.append(t)
+        out_slow, t = timed(slow)
+        t_slow.append(t)
+    return out_fast, out_slow, t_fast, t_slow
+
+
+def regret_comparison(det: LikelihoodRegret, batch: Batch, repeats: int):
+    """(batched seconds, loop seconds, max |difference|) of the regret of one batch; seconds per repeat."""
     step_noise, iwae_noise = det.noise(batch)
     x = det._model_input(batch)
-    loop, t_loop = timed(lambda: regret_reference_loop(det.backbone_, x, step_noise, iwae_noise, det.target,
-                                                       det.lr, det.weight_decay).numpy())
+    batched, loop, t_batched, t_loop = paired_timings(
+        lambda: det.score(batch)["regret"],
+        lambda: regret_reference_loop(det.backbone_, x, step_noise, iwae_noise, det.target, det.lr,
+                                      det.weight_decay).numpy(), repeats)
     return t_batched, t_loop, float(np.abs(batched - loop).max())
 
 
@@ -67,6 +84,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--loop-n", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timings of each vectorised/loop pair, alternated; the table gives their median")
     parser.add_argument("--checkpoints", type=Path,
                         default=Path(os.environ.get("OOD_BENCH_CHECKPOINTS") or "results/checkpoints"))
     args = parser.parse_args()
@@ -102,18 +121,18 @@ def main() -> None:
             estimators.forget(model)
             for b in batches(images, fp, args.batch_size):
                 det.score(b)
-        _, t = timed(run)
+        t = statistics.median(timed(run)[1] for _ in range(args.repeats))
         rows.append((f"`{label}` ({det.get_params()})", f"{len(images) / t:,.1f} examples/s"))
 
     first = next(batches(images[: args.loop_n], fp, args.loop_n))
     ratios: list[tuple[str, float, float, float]] = []
     suite_regret = next(d for d in detectors.values() if isinstance(d, LikelihoodRegret))
-    t_b, t_l, diff = regret_comparison(suite_regret, first)
+    t_b, t_l, diff = regret_comparison(suite_regret, first, args.repeats)
     assert diff < REGRET_TOLERANCE, f"batched and looped regret differ by {diff}"
     ratios.append((f"likelihood regret, suite settings ({suite_regret.get_params()})", t_l, t_b, diff))
     enc = LikelihoodRegret(steps=20, iwae_samples=16, target="encoder").fit(model, None)
     small = next(batches(images[: min(args.loop_n, 16)], fp, args.loop_n))
-    t_b, t_l, diff = regret_comparison(enc, small)
+    t_b, t_l, diff = regret_comparison(enc, small, args.repeats)
     assert diff < REGRET_TOLERANCE, f"batched and looped regret (encoder) differ by {diff}"
     ratios.append((f"likelihood regret, encoder copy ({enc.get_params()}), {len(small.indices)} examples",
                    t_l, t_b, diff))
@@ -126,10 +145,9 @@ def main() -> None:
         raw = rose_det._layer_scores(rose_det.stats_, gradients(model, x))
         return ((raw - rose_det.stats_["mu"]) / rose_det.stats_["sd"]).max(1).values.numpy()
 
-    _, t_grad_fast = timed(lambda: rose_module.per_example_gradients(model, x))
-    _, t_grad_slow = timed(lambda: rose_module.per_example_gradients_loop(model, x))
-    fast, t_fast = timed(lambda: rose_scores(rose_module.per_example_gradients))
-    slow, t_slow = timed(lambda: rose_scores(rose_module.per_example_gradients_loop))
+    vmapped, looped = rose_module.per_example_gradients, rose_module.per_example_gradients_loop
+    *_, t_grad_fast, t_grad_slow = paired_timings(lambda: vmapped(model, x), lambda: looped(model, x), args.repeats)
+    fast, slow, t_fast, t_slow = paired_timings(lambda: rose_scores(vmapped), lambda: rose_scores(looped), args.repeats)
     diff = float(np.abs(fast - slow).max())
     assert diff < 1e-3 * max(1.0, float(np.abs(slow).max())), f"vmap and loop ROSE scores differ by {diff}"
     ratios.append((f"ROSE per-example encoder-conv gradients only, vmap(grad) vs backward loop, {len(images)} "
@@ -148,10 +166,15 @@ def main() -> None:
     for name, value in rows:
         print(f"| {name} | {value} |")
     print()
-    print("| comparison | loop s | vectorised s | speed-up | max abs diff |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"Each pair timed {args.repeats} times, alternately; seconds and speed-up are medians, the range is the "
+          "lowest and highest of the per-repeat speed-ups.")
+    print()
+    print("| comparison | loop s | vectorised s | speed-up (median) | range | max abs diff |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, t_loop, t_vec, diff in ratios:
-        print(f"| {name} | {t_loop:.2f} | {t_vec:.2f} | {t_loop / t_vec:.1f}x | {diff:.1e} |")
+        each = [slow / fast for slow, fast in zip(t_loop, t_vec, strict=True)]
+        print(f"| {name} | {statistics.median(t_loop):.2f} | {statistics.median(t_vec):.2f} | "
+              f"{statistics.median(each):.1f}x | {min(each):.1f}-{max(each):.1f}x | {diff:.1e} |")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,24 @@
 
 import pytest
 import torch
-from ood_bench.models.layers import UpConv2d
+from ood_bench.models import layers
+from ood_bench.models.layers import PHASE_MIN_ROWS, UpConv2d
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+
+@pytest.fixture
+def phase_calls(monkeypatch):
+    """How many times the phase kernel ran (so a test knows it did not silently use the fallback)."""
+    calls = []
+    original = layers.phase_conv_transpose
+
+    def counted(*args):
+        calls.append(args[0].shape[0])
+        return original(*args)
+
+    monkeypatch.setattr(layers, "phase_conv_transpose", counted)
+    return calls
 
 
 def _pair(cin: int, cout: int, bias: bool = True, **kw) -> tuple[nn.ConvTranspose2d, UpConv2d]:
@@ -15,14 +30,14 @@ def _pair(cin: int, cout: int, bias: bool = True, **kw) -> tuple[nn.ConvTranspos
     return native, fast
 
 
-@pytest.mark.parametrize(("cin", "cout", "side", "bias"), [(32, 16, 7, True), (16, 1, 14, True), (3, 5, (4, 6), False)])
-def test_forward_and_gradients_equal_conv_transpose(cin, cout, side, bias):
+@pytest.mark.parametrize(("cin", "cout", "side", "bias"), [(16, 1, 14, True), (8, 5, (4, 6), False)])
+def test_forward_and_gradients_equal_conv_transpose(cin, cout, side, bias, phase_calls):
     native, fast = _pair(cin, cout, bias)
     h, w = (side, side) if isinstance(side, int) else side
-    x = torch.randn(3, cin, h, w, dtype=torch.float64, requires_grad=True)
-    assert fast._phase_path(x)
+    x = torch.randn(PHASE_MIN_ROWS, cin, h, w, dtype=torch.float64, requires_grad=True)
     out_native, out_fast = native(x), fast(x)
-    assert out_fast.shape == (3, cout, 2 * h, 2 * w)
+    assert phase_calls == [PHASE_MIN_ROWS]
+    assert out_fast.shape == (PHASE_MIN_ROWS, cout, 2 * h, 2 * w)
     torch.testing.assert_close(out_fast, out_native, rtol=0, atol=1e-12)
     g = torch.randn_like(out_native)
     wrt_native = torch.autograd.grad((out_native * g).sum(), [x, *native.parameters()])
@@ -31,25 +46,16 @@ def test_forward_and_gradients_equal_conv_transpose(cin, cout, side, bias):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_float32_rows_do_not_depend_on_batch_mates():
-    _, fast = _pair(16, 1)
-    fast = fast.float()
-    x = torch.randn(64, 16, 14, 14)
-    with torch.no_grad():
-        whole = fast(x)
-        in_sevens = torch.cat([fast(x[i : i + 7]) for i in range(0, 64, 7)])
-    torch.testing.assert_close(in_sevens, whole, rtol=1e-5, atol=1e-5)
-
-
-def test_vmap_grad_with_shared_and_per_example_weights():
+def test_vmap_grad_with_shared_and_per_example_weights(phase_calls):
     native, fast = _pair(3, 2)
-    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    x = torch.randn(PHASE_MIN_ROWS, 3, 5, 5, dtype=torch.float64)
 
     def input_grads(module: nn.Module) -> torch.Tensor:
         return vmap(grad(lambda xi: module(xi.unsqueeze(0)).pow(2).sum()))(x)
 
     torch.testing.assert_close(input_grads(fast), input_grads(native), rtol=0, atol=1e-12)
-    stacked = {k: v.detach().expand(4, *v.shape) + 0.01 * torch.randn(4, *v.shape, dtype=torch.float64)
+    assert phase_calls == [PHASE_MIN_ROWS]  # the vmapped axis was folded into one batch
+    stacked = {k: v.detach().expand(len(x), *v.shape) + 0.01 * torch.randn(len(x), *v.shape, dtype=torch.float64)
                for k, v in native.named_parameters()}
 
     def weight_grads(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -61,8 +67,29 @@ def test_vmap_grad_with_shared_and_per_example_weights():
         torch.testing.assert_close(fast_grads[name], native_grads[name], rtol=0, atol=1e-12)
 
 
-def test_other_configurations_fall_back_to_conv_transpose():
-    native, fast = _pair(4, 3, output_padding=1)
-    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
-    assert not fast._phase_path(x)
+def test_float32_rows_do_not_depend_on_batch_mates():
+    _, fast = _pair(16, 1)
+    fast = fast.float()
+    x = torch.randn(3 * PHASE_MIN_ROWS, 16, 14, 14)
+    with torch.no_grad():
+        whole = fast(x)
+        in_thirds = torch.cat([fast(part) for part in x.split(PHASE_MIN_ROWS)])
+    torch.testing.assert_close(in_thirds, whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kw", "rows"), [({"output_padding": 1}, PHASE_MIN_ROWS), ({}, PHASE_MIN_ROWS - 1)])
+def test_other_configurations_and_small_batches_use_conv_transpose(kw, rows, phase_calls):
+    native, fast = _pair(4, 3, **kw)
+    x = torch.randn(rows, 4, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(fast(x), native(x), rtol=0, atol=0)
+    assert phase_calls == []
+
+
+def test_backbones_use_it_for_their_output_layer_only():
+    from ood_bench.models.hvae import HierarchicalVAE
+    from ood_bench.models.vae import ConvVAE
+
+    vae = ConvVAE.from_params({"channels": [4, 8], "hidden": 16, "latent_dim": 2}, (1, 28, 28))
+    assert [type(m) for m in vae.decoder if isinstance(m, nn.ConvTranspose2d)] == [nn.ConvTranspose2d, UpConv2d]
+    hvae = HierarchicalVAE.from_params({"channels": 4, "blocks_per_stage": 0, "dense_width": 8}, (1, 28, 28))
+    assert [n for n, m in hvae.named_modules() if isinstance(m, UpConv2d)] == ["out_proj"]

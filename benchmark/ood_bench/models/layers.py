@@ -1,10 +1,10 @@
-"""A faster CPU forward pass for the 4x4 / stride-2 / padding-1 transposed convolution of the decoders.
+"""A faster CPU forward pass for the decoders' output layer, a 4x4 / stride-2 / padding-1 transposed convolution.
 
-Both backbones upsample with ``ConvTranspose2d(cin, cout, 4, stride=2, padding=1)``. On CPU, PyTorch's
-oneDNN transposed-convolution kernel runs these shapes 2-4x slower than an ordinary convolution of the
-same arithmetic (the decoders' last layer, 16 -> 1 channel at 28x28, most of all:
-``benchmarks/upconv_speed.py``, docs/performance.md). :class:`UpConv2d` is a drop-in replacement with
-the same parameters and state dict that computes the same map as one ordinary convolution:
+Both backbones produce the image's likelihood parameters with ``ConvTranspose2d(cin, cout, 4, stride=2,
+padding=1)`` from a half-resolution map. On CPU, PyTorch's oneDNN transposed-convolution kernel runs these
+layers (few input channels, a full-resolution output, e.g. 16 -> 1 channel at 28x28) about 2x slower than an
+ordinary convolution doing the same arithmetic. :class:`UpConv2d` is a drop-in replacement with the same
+parameters and state dict that computes the same map as one ordinary convolution:
 
     output pixel (2m + a, 2n + c) only sees input pixels m - 1 + a .. m + a and n - 1 + c .. n + c,
     through kernel taps 3 - a - 2i and 3 - c - 2j (i, j in {0, 1}).
@@ -13,7 +13,12 @@ So a 2x2 convolution of the input padded by 1, with the four phases (a, c) stack
 channels, gives every output pixel; one strided copy interleaves the phases. The backward pass is
 PyTorch's own transposed-convolution backward (``aten.convolution_backward``), so gradients are exactly
 those of ``nn.ConvTranspose2d``; under ``torch.func.vmap`` the vmapped dimension is folded into the batch.
-Other configurations, other devices and ``output_size`` calls fall back to ``nn.ConvTranspose2d``.
+
+Where it pays was measured, not assumed (``benchmarks/upconv_speed.py``, docs/performance.md): the phase
+path wins for the output layers from about 16-32 rows on, loses below that (a few extra small ops per call)
+and loses on the decoders' wide inner layers. So the backbones use UpConv2d for the output layer only, and
+it takes the phase path from ``PHASE_MIN_ROWS`` rows on; other configurations, other devices and
+``output_size`` calls use ``nn.ConvTranspose2d``'s forward.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PHASE_MIN_ROWS = 32
+"""Smallest batch that takes the phase path (below it PyTorch's kernel is faster)."""
 _TAPS = torch.tensor([[3, 1], [2, 0]])
 """_TAPS[a, i]: the kernel tap that window position i uses for output phase a (3 - a - 2i)."""
 
@@ -54,10 +61,14 @@ def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 class _PhaseConvTranspose(torch.autograd.Function):
-    """Forward by :func:`phase_conv_transpose`, backward by PyTorch's transposed-convolution backward."""
+    """Forward by :func:`phase_conv_transpose` (PyTorch's kernel below PHASE_MIN_ROWS rows), backward by PyTorch's
+    transposed-convolution backward."""
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # Decided here, where a vmapped axis is already folded into x's batch (see vmap below).
+        if x.shape[0] < PHASE_MIN_ROWS:
+            return F.conv_transpose2d(x, weight, bias, stride=2, padding=1)
         return phase_conv_transpose(x, weight, bias)
 
     @staticmethod
@@ -87,7 +98,8 @@ class _PhaseConvTranspose(torch.autograd.Function):
 
 
 class UpConv2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` whose 4x4 / stride-2 / padding-1 CPU forward is a phase convolution (see module doc)."""
+    """``nn.ConvTranspose2d`` whose 4x4 / stride-2 / padding-1 CPU forward on >= PHASE_MIN_ROWS rows (vmapped
+    rows included) is a phase convolution (see the module docstring)."""
 
     def _phase_path(self, x: torch.Tensor) -> bool:
         return (self.kernel_size == (4, 4) and self.stride == (2, 2) and self.padding == (1, 1)

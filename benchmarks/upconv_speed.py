@@ -1,0 +1,142 @@
+"""Forward time of the decoders' transposed convolutions: PyTorch's kernel vs UpConv2d's phase convolution.
+
+Usage: python benchmarks/upconv_speed.py [suites/fmnist.yaml ...] [--profile cpu] [--rows 1 16 32 256]
+
+For every backbone of each suite (built untrained, with the suite's input shape), finds each 4x4 / stride-2
+transposed convolution (the output layer is an ``UpConv2d``, docs/performance.md) and its input shape, then
+times its forward pass at each row count, median of --repeats, two ways: ``F.conv_transpose2d`` (PyTorch's
+CPU kernel) and ``phase_conv_transpose`` (one 2x2 convolution + interleave). Then one whole forward pass
+(``bound``, one sample) of each backbone at --model-rows rows, as built and with its UpConv2d switched back
+to the PyTorch kernel. Outputs are checked equal (float32 tolerance). Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from ood_bench.models.layers import UpConv2d, phase_conv_transpose
+from ood_bench.registry import registry
+from ood_bench.suite.datasets import resolve
+from ood_bench.suite.load import load_suite
+from torch import nn
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+@contextmanager
+def pytorch_kernel(model: nn.Module):
+    """Every UpConv2d of ``model`` runs nn.ConvTranspose2d's forward inside."""
+    layers = [m for m in model.modules() if isinstance(m, UpConv2d)]
+    for m in layers:
+        m.__class__ = nn.ConvTranspose2d
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.__class__ = UpConv2d
+
+
+def transposed_convs(model: nn.Module, x: torch.Tensor,
+                     noise: list[torch.Tensor]) -> list[tuple[str, nn.Module, tuple]]:
+    """(name, layer, input shape without the batch axis) of every 4x4 / stride-2 transposed convolution that one
+    forward pass runs, UpConv2d or not."""
+    found: list[tuple[str, nn.Module, tuple]] = []
+    hooks = [m.register_forward_hook(lambda m, i, _o, n=n: found.append((n, m, tuple(i[0].shape[1:]))))
+             for n, m in model.named_modules()
+             if isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (4, 4) and m.stride == (2, 2)]
+    with torch.no_grad():
+        model.bound(x, noise)
+    for h in hooks:
+        h.remove()
+    return found
+
+
+@torch.no_grad()
+def time_layer(layer: nn.Module, in_shape: tuple, rows: int, repeats: int) -> tuple[float, float]:
+    """(PyTorch kernel ms, phase convolution ms) of one layer's forward on ``rows`` random inputs."""
+    x = torch.randn(rows, *in_shape)
+    native = lambda: F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)  # noqa: E731
+    phase = lambda: phase_conv_transpose(x, layer.weight, layer.bias)  # noqa: E731
+    torch.testing.assert_close(phase(), native(), rtol=1e-4, atol=1e-4)
+    return median_ms(native, repeats), median_ms(phase, repeats)
+
+
+@torch.no_grad()
+def time_model(model: nn.Module, x: torch.Tensor, noise: list[torch.Tensor], repeats: int) -> tuple[float, float]:
+    """(ms with every transposed convolution on PyTorch's kernel, ms as built) of one ``bound`` pass."""
+    as_built = model.bound(x, noise).bound
+    t_built = median_ms(lambda: model.bound(x, noise), repeats)
+    with pytorch_kernel(model):
+        torch.testing.assert_close(model.bound(x, noise).bound, as_built, rtol=1e-4, atol=1e-2)
+        t_native = median_ms(lambda: model.bound(x, noise), repeats)
+    return t_native, t_built
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suites", type=Path, nargs="*",
+                        default=[Path("suites/fmnist.yaml"), Path("suites/cifar10.yaml")])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 16, 32, 256])
+    parser.add_argument("--model-rows", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    layer_rows, model_rows, seen = [], [], set()
+    for path in args.suites:
+        suite, _ = load_suite(path, args.profile)
+        shape = resolve(suite, download=False).train.shape
+        for label, spec in suite.backbones.items():
+            model = registry("backbones").get(spec.kind).from_params(spec.params, shape).eval()
+            x = torch.rand(args.model_rows, *shape)
+            noise = [torch.randn(args.model_rows, *s) for s in model.latent_shapes()]
+            for name, layer, in_shape in transposed_convs(model, x[:2], [n[:2] for n in noise]):
+                key = (layer.in_channels, layer.out_channels, in_shape)
+                if key in seen:
+                    continue
+                seen.add(key)
+                role = "output layer, UpConv2d" if isinstance(layer, UpConv2d) else "inner layer"
+                for rows in args.rows:
+                    layer_rows.append((f"{path.stem} `{label}` {name} ({role})",
+                                       f"{layer.in_channels}->{layer.out_channels}, {in_shape[1]}x{in_shape[2]} -> "
+                                       f"{2 * in_shape[1]}x{2 * in_shape[2]}", rows,
+                                       *time_layer(layer, in_shape, rows, args.repeats)))
+            if any(isinstance(m, UpConv2d) for m in model.modules()):
+                model_rows.append((f"{path.stem} `{label}` ({spec.kind})", args.model_rows,
+                                   *time_model(model, x, noise, args.repeats)))
+
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} "
+          f"thread(s); profile `{args.profile}`; median of {args.repeats}; commit {rev}.")
+    print()
+    print("| layer | shape | rows | PyTorch kernel ms | phase convolution ms | speed-up |")
+    print("|---|---|---:|---:|---:|---:|")
+    for where, shape, rows, t_native, t_phase in layer_rows:
+        print(f"| {where} | {shape} | {rows} | {t_native:.3f} | {t_phase:.3f} | {t_native / t_phase:.1f}x |")
+    print()
+    print("| one forward pass (`bound`, 1 sample) | rows | all on PyTorch's kernel, ms | as built, ms | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for where, rows, t_native, t_phase in model_rows:
+        print(f"| {where} | {rows} | {t_native:.1f} | {t_phase:.1f} | {t_native / t_phase:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
