@@ -3,7 +3,7 @@
 import pytest
 import torch
 from ood_bench.models import layers
-from ood_bench.models.layers import PHASE_MIN_ROWS, UpConv2d
+from ood_bench.models.layers import PHASE_MAX_OUT_CHANNELS, PHASE_MIN_ROWS, UpConv2d
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -77,9 +77,12 @@ def test_float32_rows_do_not_depend_on_batch_mates():
     torch.testing.assert_close(in_thirds, whole, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("kw", "rows"), [({"output_padding": 1}, PHASE_MIN_ROWS), ({}, PHASE_MIN_ROWS - 1)])
-def test_other_configurations_and_small_batches_use_conv_transpose(kw, rows, phase_calls):
-    native, fast = _pair(4, 3, **kw)
+@pytest.mark.parametrize(("kw", "rows", "cout"), [
+    ({"output_padding": 1}, PHASE_MIN_ROWS, 3), ({}, PHASE_MIN_ROWS - 1, 3),
+    ({}, PHASE_MIN_ROWS, PHASE_MAX_OUT_CHANNELS + 1),
+])
+def test_other_configurations_small_batches_and_wide_outputs_use_conv_transpose(kw, rows, cout, phase_calls):
+    native, fast = _pair(4, cout, **kw)
     x = torch.randn(rows, 4, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(fast(x), native(x), rtol=0, atol=0)
     assert phase_calls == []

@@ -1,9 +1,9 @@
 """A faster CPU forward pass for the decoders' output layer, a 4x4 / stride-2 / padding-1 transposed convolution.
 
 Both backbones produce the image's likelihood parameters with ``ConvTranspose2d(cin, cout, 4, stride=2,
-padding=1)`` from a half-resolution map. On CPU, PyTorch's oneDNN transposed-convolution kernel runs these
-layers (few input channels, a full-resolution output, e.g. 16 -> 1 channel at 28x28) about 2x slower than an
-ordinary convolution doing the same arithmetic. :class:`UpConv2d` is a drop-in replacement with the same
+padding=1)`` from a half-resolution map. On CPU, PyTorch's oneDNN transposed-convolution kernel runs the
+grayscale output layer (16 or 32 -> 1 channel at 28x28) about 2x slower than an ordinary convolution doing
+the same arithmetic. :class:`UpConv2d` is a drop-in replacement with the same
 parameters and state dict that computes the same map as one ordinary convolution:
 
     output pixel (2m + a, 2n + c) only sees input pixels m - 1 + a .. m + a and n - 1 + c .. n + c,
@@ -15,10 +15,11 @@ PyTorch's own transposed-convolution backward (``aten.convolution_backward``), s
 those of ``nn.ConvTranspose2d``; under ``torch.func.vmap`` the vmapped dimension is folded into the batch.
 
 Where it pays was measured, not assumed (``benchmarks/upconv_speed.py``, docs/performance.md): the phase
-path wins for the output layers from about 16-32 rows on, loses below that (a few extra small ops per call)
-and loses on the decoders' wide inner layers. So the backbones use UpConv2d for the output layer only, and
-it takes the phase path from ``PHASE_MIN_ROWS`` rows on; other configurations, other devices and
-``output_size`` calls use ``nn.ConvTranspose2d``'s forward.
+path wins for narrow outputs from about 16-32 rows on, loses below that (a few extra small ops per call), on
+the decoders' wide inner layers and on the 50-channel colour heads. So the backbones use UpConv2d for the
+output layer only, and it takes the phase path from ``PHASE_MIN_ROWS`` rows and up to
+``PHASE_MAX_OUT_CHANNELS`` channels; other shapes, configurations and devices, and ``output_size`` calls, use
+``nn.ConvTranspose2d``'s forward.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from torch import nn
 
 PHASE_MIN_ROWS = 32
 """Smallest batch that takes the phase path (below it PyTorch's kernel is faster)."""
+PHASE_MAX_OUT_CHANNELS = 16
+"""Widest output that takes the phase path (the colour heads' 50 channels are faster on PyTorch's kernel)."""
 _TAPS = torch.tensor([[3, 1], [2, 0]])
 """_TAPS[a, i]: the kernel tap that window position i uses for output phase a (3 - a - 2i)."""
 
@@ -57,7 +60,7 @@ def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     phases = y.as_strided((batch, h, 2, w, 2, cout), (sb, sr, sr + 2 * cout, sc, sc + cout, 1), y.storage_offset())
     out = torch.empty((batch, 2 * h, 2 * w, cout), dtype=y.dtype, device=y.device)
     out.view(batch, h, 2, w, 2, cout).copy_(phases)
-    return out.permute(0, 3, 1, 2)
+    return out.permute(0, 3, 1, 2).contiguous()  # NCHW, as the likelihood heads' channel slices expect
 
 
 class _PhaseConvTranspose(torch.autograd.Function):
@@ -104,7 +107,8 @@ class UpConv2d(nn.ConvTranspose2d):
     def _phase_path(self, x: torch.Tensor) -> bool:
         return (self.kernel_size == (4, 4) and self.stride == (2, 2) and self.padding == (1, 1)
                 and self.output_padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1
-                and self.padding_mode == "zeros" and x.dim() == 4 and x.device.type == "cpu")
+                and self.padding_mode == "zeros" and self.out_channels <= PHASE_MAX_OUT_CHANNELS
+                and x.dim() == 4 and x.device.type == "cpu")
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is None and self._phase_path(x):
