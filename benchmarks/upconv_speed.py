@@ -3,11 +3,12 @@
 Usage: python benchmarks/upconv_speed.py [suites/fmnist.yaml ...] [--profile cpu] [--rows 1 16 32 256]
 
 For every backbone of each suite (built untrained, with the suite's input shape), finds each 4x4 / stride-2
-transposed convolution (the output layer is an ``UpConv2d``, docs/performance.md) and its input shape, then
+transposed convolution (an ``UpConv2d``, models/layers.py) and its input shape, then
 times its forward pass at each row count, median of --repeats, two ways: ``F.conv_transpose2d`` (PyTorch's
 CPU kernel) and ``phase_conv_transpose`` (one 2x2 convolution + interleave). Then one whole forward pass
-(``bound``, one sample) of each backbone at --model-rows rows, as built and with its UpConv2d switched back
-to the PyTorch kernel. Outputs are checked equal (float32 tolerance). Prints Markdown.
+(``bound``, one sample) of each backbone at --model-rows rows, as built and with its UpConv2d layers switched
+back to the PyTorch kernel. Each pair is timed alternately; outputs are checked equal (float32 tolerance).
+Prints Markdown for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from ood_bench.models.layers import UpConv2d, phase_conv_transpose
+from ood_bench.models.layers import PHASE_MAX_OUT_CHANNELS, PHASE_MIN_ROWS, UpConv2d, phase_conv_transpose
 from ood_bench.registry import registry
 from ood_bench.suite.datasets import resolve
 from ood_bench.suite.load import load_suite
 from torch import nn
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
+def paired_ms(first, second, repeats: int) -> tuple[float, float, float]:
+    """Median ms of ``first`` and of ``second``, timed alternately, and the median of the per-repeat ratios
+    first / second (alternating spreads the machine's drifts over both alike)."""
+    first(), second()
+    t_first, t_second = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+        for fn, times in ((first, t_first), (second, t_second)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
+    ratios = [a / b for a, b in zip(t_first, t_second, strict=True)]
+    return statistics.median(t_first), statistics.median(t_second), statistics.median(ratios)
 
 
 @contextmanager
@@ -69,24 +74,25 @@ def transposed_convs(model: nn.Module, x: torch.Tensor,
 
 
 @torch.no_grad()
-def time_layer(layer: nn.Module, in_shape: tuple, rows: int, repeats: int) -> tuple[float, float]:
-    """(PyTorch kernel ms, phase convolution ms) of one layer's forward on ``rows`` random inputs."""
+def time_layer(layer: nn.Module, in_shape: tuple, rows: int, repeats: int) -> tuple[float, float, float]:
+    """(PyTorch kernel ms, phase convolution ms, speed-up) of one layer's forward on ``rows`` random inputs."""
     x = torch.randn(rows, *in_shape)
     native = lambda: F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)  # noqa: E731
     phase = lambda: phase_conv_transpose(x, layer.weight, layer.bias)  # noqa: E731
     torch.testing.assert_close(phase(), native(), rtol=1e-4, atol=1e-4)
-    return median_ms(native, repeats), median_ms(phase, repeats)
+    return paired_ms(native, phase, repeats)
 
 
 @torch.no_grad()
-def time_model(model: nn.Module, x: torch.Tensor, noise: list[torch.Tensor], repeats: int) -> tuple[float, float]:
-    """(ms with every transposed convolution on PyTorch's kernel, ms as built) of one ``bound`` pass."""
-    as_built = model.bound(x, noise).bound
-    t_built = median_ms(lambda: model.bound(x, noise), repeats)
-    with pytorch_kernel(model):
-        torch.testing.assert_close(model.bound(x, noise).bound, as_built, rtol=1e-4, atol=1e-2)
-        t_native = median_ms(lambda: model.bound(x, noise), repeats)
-    return t_native, t_built
+def time_model(model: nn.Module, x: torch.Tensor, noise: list[torch.Tensor],
+               repeats: int) -> tuple[float, float, float]:
+    """(ms with every UpConv2d on PyTorch's kernel, ms as built, speed-up) of one ``bound`` pass."""
+    def on_pytorch_kernel():
+        with pytorch_kernel(model):
+            return model.bound(x, noise)
+
+    torch.testing.assert_close(on_pytorch_kernel().bound, model.bound(x, noise).bound, rtol=1e-4, atol=1e-2)
+    return paired_ms(on_pytorch_kernel, lambda: model.bound(x, noise), repeats)
 
 
 def main() -> None:
@@ -113,9 +119,10 @@ def main() -> None:
                 if key in seen:
                     continue
                 seen.add(key)
-                role = "output layer, UpConv2d" if isinstance(layer, UpConv2d) else "inner layer"
+                phase = isinstance(layer, UpConv2d) and layer.out_channels <= PHASE_MAX_OUT_CHANNELS
+                role = "takes the phase path" if phase else "PyTorch's kernel"
                 for rows in args.rows:
-                    layer_rows.append((f"{path.stem} `{label}` {name} ({role})",
+                    layer_rows.append((f"{path.stem} `{label}` {name} ({role} at >= {PHASE_MIN_ROWS} rows)",
                                        f"{layer.in_channels}->{layer.out_channels}, {in_shape[1]}x{in_shape[2]} -> "
                                        f"{2 * in_shape[1]}x{2 * in_shape[2]}", rows,
                                        *time_layer(layer, in_shape, rows, args.repeats)))
@@ -125,17 +132,19 @@ def main() -> None:
 
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} "
-          f"thread(s); profile `{args.profile}`; median of {args.repeats}; commit {rev}.")
+          f"thread(s); profile `{args.profile}`; each pair timed alternately {args.repeats} times, medians (the "
+          f"speed-up is the median of the per-repeat ratios); commit {rev}.")
     print()
     print("| layer | shape | rows | PyTorch kernel ms | phase convolution ms | speed-up |")
     print("|---|---|---:|---:|---:|---:|")
-    for where, shape, rows, t_native, t_phase in layer_rows:
-        print(f"| {where} | {shape} | {rows} | {t_native:.3f} | {t_phase:.3f} | {t_native / t_phase:.1f}x |")
+    for where, shape, rows, t_native, t_phase, ratio in layer_rows:
+        print(f"| {where} | {shape} | {rows} | {t_native:.3f} | {t_phase:.3f} | {ratio:.1f}x |")
     print()
-    print("| one forward pass (`bound`, 1 sample) | rows | all on PyTorch's kernel, ms | as built, ms | speed-up |")
+    print("| one forward pass (`bound`, 1 sample) | rows | UpConv2d on PyTorch's kernel, ms | as built, ms "
+          "| speed-up |")
     print("|---|---:|---:|---:|---:|")
-    for where, rows, t_native, t_phase in model_rows:
-        print(f"| {where} | {rows} | {t_native:.1f} | {t_phase:.1f} | {t_native / t_phase:.1f}x |")
+    for where, rows, t_native, t_phase, ratio in model_rows:
+        print(f"| {where} | {rows} | {t_native:.1f} | {t_phase:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

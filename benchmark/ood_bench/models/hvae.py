@@ -133,10 +133,10 @@ def _conv(cin: int, cout: int, kernel: int, wn: bool, stride: int = 1) -> nn.Mod
     return _wn(nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2), wn)
 
 
-def _strided(cin: int, cout: int, wn: bool, up: bool, output_layer: bool = False) -> nn.Module:
-    """A 4x4 convolution that halves the resolution, or a transposed one that doubles it (as
-    :class:`UpConv2d` for the output layer: faster on CPU, see models/layers.py)."""
-    conv = (UpConv2d if output_layer else nn.ConvTranspose2d) if up else nn.Conv2d
+def _strided(cin: int, cout: int, wn: bool, up: bool) -> nn.Module:
+    """A 4x4 convolution that halves the resolution, or a transposed one that doubles it (an
+    :class:`UpConv2d`, faster on CPU: see models/layers.py)."""
+    conv = UpConv2d if up else nn.Conv2d
     return _wn(conv(cin, cout, 4, stride=2, padding=1), wn)
 
 
@@ -306,7 +306,7 @@ class HierarchicalVAE(Backbone):
             if l < L:
                 self.p_heads.append(GaussianHead(features(src), src.latent, 3, wn))
         if config.blocks_per_stage == 0 and levels[1].is_map and _halvings((h_x, w_x), levels[1].side) > 0:
-            self.out_proj = _strided(ch, self.head.num_params, wn, up=True, output_layer=True)
+            self.out_proj = _strided(ch, self.head.num_params, wn, up=True)
         else:
             self.out_proj = _conv(ch, self.head.num_params, 3, wn)
 

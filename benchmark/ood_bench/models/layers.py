@@ -1,10 +1,10 @@
-"""A faster CPU forward pass for the decoders' output layer, a 4x4 / stride-2 / padding-1 transposed convolution.
+"""A faster CPU forward pass for the decoders' 4x4 / stride-2 / padding-1 transposed convolutions.
 
-Both backbones produce the image's likelihood parameters with ``ConvTranspose2d(cin, cout, 4, stride=2,
-padding=1)`` from a half-resolution map. On CPU, PyTorch's oneDNN transposed-convolution kernel runs the
-grayscale output layer (16 or 32 -> 1 channel at 28x28) about 2x slower than an ordinary convolution doing
-the same arithmetic. :class:`UpConv2d` is a drop-in replacement with the same
-parameters and state dict that computes the same map as one ordinary convolution:
+Both backbones upsample with ``ConvTranspose2d(cin, cout, 4, stride=2, padding=1)``. On CPU, PyTorch's oneDNN
+transposed-convolution kernel runs the narrow ones, above all the grayscale output layer (16 or 32 -> 1
+channel at 28x28), about 2x slower than an ordinary convolution doing the same arithmetic. :class:`UpConv2d`
+is a drop-in replacement with the same parameters and state dict that computes the same map as one
+ordinary convolution:
 
     output pixel (2m + a, 2n + c) only sees input pixels m - 1 + a .. m + a and n - 1 + c .. n + c,
     through kernel taps 3 - a - 2i and 3 - c - 2j (i, j in {0, 1}).
@@ -15,11 +15,10 @@ PyTorch's own transposed-convolution backward (``aten.convolution_backward``), s
 those of ``nn.ConvTranspose2d``; under ``torch.func.vmap`` the vmapped dimension is folded into the batch.
 
 Where it pays was measured, not assumed (``benchmarks/upconv_speed.py``, docs/performance.md): the phase
-path wins for narrow outputs from about 16-32 rows on, loses below that (a few extra small ops per call), on
-the decoders' wide inner layers and on the 50-channel colour heads. So the backbones use UpConv2d for the
-output layer only, and it takes the phase path from ``PHASE_MIN_ROWS`` rows and up to
-``PHASE_MAX_OUT_CHANNELS`` channels; other shapes, configurations and devices, and ``output_size`` calls, use
-``nn.ConvTranspose2d``'s forward.
+path wins for narrow outputs from about 16-32 rows on, and loses below that (a few extra small ops per
+call) and on wide outputs (the 64/128/256-channel inner layers and the 50-channel colour heads). So it is
+taken from ``PHASE_MIN_ROWS`` rows and up to ``PHASE_MAX_OUT_CHANNELS`` output channels; other shapes,
+configurations and devices, and ``output_size`` calls, use ``nn.ConvTranspose2d``'s forward.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from torch import nn
 PHASE_MIN_ROWS = 32
 """Smallest batch that takes the phase path (below it PyTorch's kernel is faster)."""
 PHASE_MAX_OUT_CHANNELS = 16
-"""Widest output that takes the phase path (the colour heads' 50 channels are faster on PyTorch's kernel)."""
+"""Widest output that takes the phase path (wider ones are faster on PyTorch's kernel)."""
 _TAPS = torch.tensor([[3, 1], [2, 0]])
 """_TAPS[a, i]: the kernel tap that window position i uses for output phase a (3 - a - 2i)."""
 
@@ -60,7 +59,7 @@ def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     phases = y.as_strided((batch, h, 2, w, 2, cout), (sb, sr, sr + 2 * cout, sc, sc + cout, 1), y.storage_offset())
     out = torch.empty((batch, 2 * h, 2 * w, cout), dtype=y.dtype, device=y.device)
     out.view(batch, h, 2, w, 2, cout).copy_(phases)
-    return out.permute(0, 3, 1, 2).contiguous()  # NCHW, as the likelihood heads' channel slices expect
+    return out.permute(0, 3, 1, 2).contiguous()  # NCHW: channels-last outputs slow the heads downstream
 
 
 class _PhaseConvTranspose(torch.autograd.Function):

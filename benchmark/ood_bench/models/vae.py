@@ -135,8 +135,7 @@ class ConvVAE(Backbone):
         for i, cout in enumerate(outs):
             src, dst = sides[-1 - i], sides[-2 - i]
             pad = tuple(t - ((s - 1) * 2 - 2 + 4) for s, t in zip(src, dst, strict=True))
-            upconv = UpConv2d if i == len(outs) - 1 else nn.ConvTranspose2d  # the output layer: models/layers.py
-            dec.append(upconv(cin, cout, 4, stride=2, padding=1, output_padding=pad))
+            dec.append(UpConv2d(cin, cout, 4, stride=2, padding=1, output_padding=pad))  # see models/layers.py
             if i < len(outs) - 1:
                 dec.append(nn.ReLU())
             cin = cout
