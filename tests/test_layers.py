@@ -48,13 +48,14 @@ def test_forward_and_gradients_equal_conv_transpose(cin, cout, side, bias, phase
 
 def test_vmap_grad_with_shared_and_per_example_weights(phase_calls):
     native, fast = _pair(3, 2)
-    x = torch.randn(PHASE_MIN_ROWS, 3, 5, 5, dtype=torch.float64)
+    groups = torch.randn(2, PHASE_MIN_ROWS, 3, 5, 5, dtype=torch.float64)
 
-    def input_grads(module: nn.Module) -> torch.Tensor:
-        return vmap(grad(lambda xi: module(xi.unsqueeze(0)).pow(2).sum()))(x)
+    def group_grads(module: nn.Module) -> torch.Tensor:
+        return vmap(grad(lambda xi: module(xi).pow(2).sum()))(groups)
 
-    torch.testing.assert_close(input_grads(fast), input_grads(native), rtol=0, atol=1e-12)
-    assert phase_calls == [PHASE_MIN_ROWS]  # the vmapped axis was folded into one batch
+    torch.testing.assert_close(group_grads(fast), group_grads(native), rtol=0, atol=1e-12)
+    assert phase_calls == [2 * PHASE_MIN_ROWS]  # the vmapped axis was folded into one batch
+    x = groups[0]  # per-example calls of one row each: PyTorch's kernel
     stacked = {k: v.detach().expand(len(x), *v.shape) + 0.01 * torch.randn(len(x), *v.shape, dtype=torch.float64)
                for k, v in native.named_parameters()}
 

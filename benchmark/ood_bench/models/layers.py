@@ -63,14 +63,10 @@ def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 class _PhaseConvTranspose(torch.autograd.Function):
-    """Forward by :func:`phase_conv_transpose` (PyTorch's kernel below PHASE_MIN_ROWS rows), backward by PyTorch's
-    transposed-convolution backward."""
+    """Forward by :func:`phase_conv_transpose`, backward by PyTorch's transposed-convolution backward."""
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        # Decided here, where a vmapped axis is already folded into x's batch (see vmap below).
-        if x.shape[0] < PHASE_MIN_ROWS:
-            return F.conv_transpose2d(x, weight, bias, stride=2, padding=1)
         return phase_conv_transpose(x, weight, bias)
 
     @staticmethod
@@ -100,14 +96,15 @@ class _PhaseConvTranspose(torch.autograd.Function):
 
 
 class UpConv2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` whose 4x4 / stride-2 / padding-1 CPU forward on >= PHASE_MIN_ROWS rows (vmapped
-    rows included) is a phase convolution (see the module docstring)."""
+    """``nn.ConvTranspose2d`` whose 4x4 / stride-2 / padding-1 CPU forward on >= PHASE_MIN_ROWS rows (per vmapped
+    call) is a phase convolution (see the module docstring)."""
 
     def _phase_path(self, x: torch.Tensor) -> bool:
+        if x.dim() != 4 or x.shape[0] < PHASE_MIN_ROWS or x.device.type != "cpu":  # the per-call part first
+            return False
         return (self.kernel_size == (4, 4) and self.stride == (2, 2) and self.padding == (1, 1)
                 and self.output_padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1
-                and self.padding_mode == "zeros" and self.out_channels <= PHASE_MAX_OUT_CHANNELS
-                and x.dim() == 4 and x.device.type == "cpu")
+                and self.padding_mode == "zeros" and self.out_channels <= PHASE_MAX_OUT_CHANNELS)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is None and self._phase_path(x):
