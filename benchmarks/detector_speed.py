@@ -10,13 +10,16 @@ does, then, in this one process on the first N in-distribution test images:
     on the first --loop-n images with the same noise: time ratio and max |difference| (asserted small),
     for the suite's settings and for the reference's encoder-copy target;
   * ROSE, per-example gradients by vmap(grad) vs one backward pass per example, each followed by the
-    same scoring: time ratio and max |difference| of the scores.
+    same scoring: time ratio and max |difference| of the scores;
+  * the arithmetic of the batched regret (FLOPs per example, achieved GFLOP/s) against a dense matrix
+    product's GFLOP/s: the ceiling of any batching of the loop on this machine.
 Run it under the CPU lock with OMP_NUM_THREADS=1; it prints Markdown for docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -76,6 +79,46 @@ def regret_comparison(det: LikelihoodRegret, batch: Batch, repeats: int):
     return t_batched, t_loop, float(np.abs(batched - loop).max())
 
 
+def multiply_adds(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of one forward pass of ``module`` on one example ``x`` (batch of 1) in its dense, conv and
+    transposed-conv layers: the nominal arithmetic, whatever kernel computes it."""
+    total = 0
+
+    def count(m, inputs, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Linear):
+            total += m.in_features * m.out_features
+        elif isinstance(m, torch.nn.ConvTranspose2d):
+            total += inputs[0].numel() * m.out_channels // m.groups * math.prod(m.kernel_size)
+        elif isinstance(m, torch.nn.Conv2d):
+            total += out.numel() * m.in_channels // m.groups * math.prod(m.kernel_size)
+
+    hooks = [m.register_forward_hook(count) for m in module.modules()]
+    with torch.no_grad():
+        module(x)
+    for h in hooks:
+        h.remove()
+    return total
+
+
+def matmul_gflops() -> float:
+    """Float32 GFLOP/s of a 2048 x 2048 matrix product on this machine and thread count (best of 5)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b))[1] for _ in range(5))
+    return 2 * 2048**3 / best / 1e9
+
+
+def regret_arithmetic(det: LikelihoodRegret, x: torch.Tensor) -> float:
+    """FLOPs per example of posterior-target regret: 2 encoder passes, then per decoder row 2S forward passes
+    (the two IWAE bounds) and T forward + T input-gradient passes (a backward pass to z costs what the forward
+    does: no weight gradients)."""
+    model = det.backbone_
+    enc = multiply_adds(model.encoder, x[:1])
+    dec = multiply_adds(model.decoder, torch.zeros(1, model.latent_dim))
+    return 2.0 * (2 * enc + dec * (2 * det.iwae_samples + 2 * det.steps))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", type=Path, nargs="?", default=Path("suites/fmnist.yaml"))
@@ -130,6 +173,12 @@ def main() -> None:
     t_b, t_l, diff = regret_comparison(suite_regret, first, args.repeats)
     assert diff < REGRET_TOLERANCE, f"batched and looped regret differ by {diff}"
     ratios.append((f"likelihood regret, suite settings ({suite_regret.get_params()})", t_l, t_b, diff))
+    bound = None
+    if suite_regret.target == "posterior":
+        flops = regret_arithmetic(suite_regret, suite_regret._model_input(first)) * args.loop_n
+        peak = matmul_gflops()
+        bound = (flops / 1e6 / args.loop_n, flops / statistics.median(t_b) / 1e9, peak,
+                 statistics.median(t_l) / (flops / peak / 1e9))
     enc = LikelihoodRegret(steps=20, iwae_samples=16, target="encoder").fit(model, None)
     small = next(batches(images[: min(args.loop_n, 16)], fp, args.loop_n))
     t_b, t_l, diff = regret_comparison(enc, small, args.repeats)
@@ -175,6 +224,14 @@ def main() -> None:
         each = [slow / fast for slow, fast in zip(t_loop, t_vec, strict=True)]
         print(f"| {name} | {statistics.median(t_loop):.2f} | {statistics.median(t_vec):.2f} | "
               f"{statistics.median(each):.1f}x | {min(each):.1f}-{max(each):.1f}x | {diff:.1e} |")
+    if bound is not None:
+        per_example, achieved, peak, ceiling = bound
+        print()
+        print(f"Arithmetic of the suite-settings regret: {per_example:.1f} MFLOP per example (multiply-adds of 2 "
+              "encoder passes and, per decoder row, 2S forward passes plus T forward and T input-gradient passes). The "
+              f"batched path ran at {achieved:.0f} GFLOP/s; a 2048x2048 float32 matrix product runs at {peak:.0f} "
+              f"GFLOP/s on the same threads. Even at that rate the batched path would be at most {ceiling:.0f}x "
+              "faster than this loop.")
 
 
 if __name__ == "__main__":

@@ -98,3 +98,25 @@ def test_backbones_build_every_transposed_convolution_as_upconv():
     for model in (vae, hvae):
         transposed = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
         assert transposed and all(isinstance(m, UpConv2d) for m in transposed)
+
+
+def test_channels_last_output_is_the_same_map_in_another_layout(phase_calls):
+    native, _ = _pair(8, 4)
+    fast = UpConv2d(8, 4, 4, stride=2, padding=1, channels_last_output=True).double()
+    fast.load_state_dict(native.state_dict())
+    x = torch.randn(PHASE_MIN_ROWS, 8, 6, 6, dtype=torch.float64)
+    out = fast(x)
+    assert phase_calls == [PHASE_MIN_ROWS]
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, native(x), rtol=0, atol=1e-12)
+
+
+def test_the_vae_keeps_channels_last_only_between_phase_layers():
+    from ood_bench.models.vae import ConvVAE
+
+    gray = ConvVAE.from_params({"channels": [4, 8], "hidden": 16, "latent_dim": 2}, (1, 28, 28))
+    assert [m.channels_last_output for m in gray.decoder if isinstance(m, UpConv2d)] == [True, False]
+    colour = ConvVAE.from_params({"channels": [8, 16, 32], "hidden": 16, "latent_dim": 2}, (3, 32, 32))
+    # 32 -> 16 -> 8 channels, then the logistic-mixture head (> 16 channels, PyTorch's kernel): the 16 -> 8 layer
+    # feeds it NCHW
+    assert [m.channels_last_output for m in colour.decoder if isinstance(m, UpConv2d)] == [True, False, False]

@@ -45,8 +45,13 @@ def phase_weight(weight: torch.Tensor) -> torch.Tensor:
     return w.permute(2, 3, 0, 1, 4, 5).reshape(4 * cout, cin, 2, 2)
 
 
-def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.conv_transpose2d(x, weight, bias, stride=2, padding=1)`` as one 2x2 convolution + interleave."""
+def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         channels_last: bool = False) -> torch.Tensor:
+    """``F.conv_transpose2d(x, weight, bias, stride=2, padding=1)`` as one 2x2 convolution + interleave.
+
+    The result is NCHW-contiguous, or channels-last (no extra copy) when ``channels_last``: cheaper when the
+    next layer is another phase convolution, slower when it reaches element-wise heads.
+    """
     batch, _, h, w = x.shape
     cout = weight.shape[1]
     # channels-last makes the interleaving copy move whole channel vectors
@@ -59,19 +64,20 @@ def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     phases = y.as_strided((batch, h, 2, w, 2, cout), (sb, sr, sr + 2 * cout, sc, sc + cout, 1), y.storage_offset())
     out = torch.empty((batch, 2 * h, 2 * w, cout), dtype=y.dtype, device=y.device)
     out.view(batch, h, 2, w, 2, cout).copy_(phases)
-    return out.permute(0, 3, 1, 2).contiguous()  # NCHW: channels-last outputs slow the heads downstream
+    out = out.permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
 
 
 class _PhaseConvTranspose(torch.autograd.Function):
     """Forward by :func:`phase_conv_transpose`, backward by PyTorch's transposed-convolution backward."""
 
     @staticmethod
-    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return phase_conv_transpose(x, weight, bias)
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels_last: bool) -> torch.Tensor:
+        return phase_conv_transpose(x, weight, bias, channels_last)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, weight, bias = inputs
+        x, weight, bias, _ = inputs
         ctx.save_for_backward(x, weight)
         ctx.bias_sizes = None if bias is None else [bias.shape[0]]
 
@@ -80,24 +86,32 @@ class _PhaseConvTranspose(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                  ctx.bias_sizes is not None and ctx.needs_input_grad[2]]
-        return torch.ops.aten.convolution_backward(grad, x, weight, ctx.bias_sizes, [2, 2], [1, 1], [1, 1], True,
-                                                   [0, 0], 1, needs)
+        return *torch.ops.aten.convolution_backward(grad, x, weight, ctx.bias_sizes, [2, 2], [1, 1], [1, 1], True,
+                                                    [0, 0], 1, needs), None
 
     @staticmethod
-    def vmap(info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor,
-             bias: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-        x_dim, w_dim, b_dim = in_dims
+    def vmap(info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             channels_last: bool) -> tuple[torch.Tensor, int]:
+        x_dim, w_dim, b_dim, _ = in_dims
         if w_dim is None and b_dim is None:  # shared weights: the vmapped axis is just more batch rows
             xs = x.movedim(x_dim, 0) if x_dim is not None else x.expand(info.batch_size, *x.shape)
-            out = _PhaseConvTranspose.apply(xs.reshape(-1, *xs.shape[2:]), weight, bias)
+            out = _PhaseConvTranspose.apply(xs.reshape(-1, *xs.shape[2:]), weight, bias, channels_last)
             return out.reshape(*xs.shape[:2], *out.shape[1:]), 0
-        native = torch.vmap(lambda xi, wi, bi: F.conv_transpose2d(xi, wi, bi, stride=2, padding=1), in_dims=in_dims)
+        native = torch.vmap(lambda xi, wi, bi: F.conv_transpose2d(xi, wi, bi, stride=2, padding=1), in_dims=in_dims[:3])
         return native(x, weight, bias), 0
 
 
 class UpConv2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` whose 4x4 / stride-2 / padding-1 CPU forward on >= PHASE_MIN_ROWS rows (per vmapped
-    call) is a phase convolution (see the module docstring)."""
+    call) is a phase convolution (see the module docstring).
+
+    ``channels_last_output``: the phase path leaves its output channels-last, saving two layout copies when the
+    next layer is another UpConv2d on the phase path (set by the backbone; the state dict is unaffected).
+    """
+
+    def __init__(self, *args: Any, channels_last_output: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.channels_last_output = channels_last_output
 
     def _phase_path(self, x: torch.Tensor) -> bool:
         if x.dim() != 4 or x.shape[0] < PHASE_MIN_ROWS or x.device.type != "cpu":  # the per-call part first
@@ -108,5 +122,5 @@ class UpConv2d(nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is None and self._phase_path(x):
-            return _PhaseConvTranspose.apply(x, self.weight, self.bias)
+            return _PhaseConvTranspose.apply(x, self.weight, self.bias, self.channels_last_output)
         return super().forward(x, output_size)
