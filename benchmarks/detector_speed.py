@@ -12,7 +12,8 @@ does, then, in this one process on the first N in-distribution test images:
   * ROSE, per-example gradients by vmap(grad) vs one backward pass per example, each followed by the
     same scoring: time ratio and max |difference| of the scores;
   * the arithmetic of the batched regret (FLOPs per example, achieved GFLOP/s) against a dense matrix
-    product's GFLOP/s: the ceiling of any batching of the loop on this machine.
+    product's GFLOP/s: the ceiling of any batching of the loop on this machine; with --profile-regret,
+    torch.profiler's operator table of one batched regret score.
 Run it under the CPU lock with OMP_NUM_THREADS=1; it prints Markdown for docs/performance.md.
 """
 
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--loop-n", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--profile-regret", action="store_true",
+                        help="also print torch.profiler's operator table of one batched regret score")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timings of each vectorised/loop pair, alternated; the table gives their median")
     parser.add_argument("--checkpoints", type=Path,
@@ -173,6 +176,12 @@ def main() -> None:
     t_b, t_l, diff = regret_comparison(suite_regret, first, args.repeats)
     assert diff < REGRET_TOLERANCE, f"batched and looped regret differ by {diff}"
     ratios.append((f"likelihood regret, suite settings ({suite_regret.get_params()})", t_l, t_b, diff))
+    profile_table = None
+    if args.profile_regret:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            suite_regret.score(first)
+        profile_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
     bound = None
     if suite_regret.target == "posterior":
         flops = regret_arithmetic(suite_regret, suite_regret._model_input(first)) * args.loop_n
@@ -232,6 +241,13 @@ def main() -> None:
               f"batched path ran at {achieved:.0f} GFLOP/s; a 2048x2048 float32 matrix product runs at {peak:.0f} "
               f"GFLOP/s on the same threads. Even at that rate the batched path would be at most {ceiling:.0f}x "
               "faster than this loop.")
+    if profile_table is not None:
+        print()
+        print(f"Operators of one batched regret score ({args.loop_n} examples), by self CPU time:")
+        print()
+        print("```")
+        print(profile_table.rstrip())
+        print("```")
 
 
 if __name__ == "__main__":
