@@ -97,6 +97,8 @@ def test_batched_regret_equals_one_at_a_time_loop_with_torch_adam(target):
     loop = regret_reference_loop(model, x, step_noise.double(), iwae_noise.double(), target, 1e-2, 5e-5)
     np.testing.assert_allclose(batched, loop.numpy(), rtol=0, atol=1e-5)
     assert np.abs(batched).max() > 1e-3  # the optimisation did move the bound
+    # Both froze the backbone while they ran, and left it trainable and without stray gradients.
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
 @pytest.mark.parametrize("target", ["encoder", "posterior"])
