@@ -18,12 +18,12 @@ import os
 import platform
 import statistics
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from detector_speed import paired_timings
 from ood_bench.models.layers import PHASE_MAX_OUT_CHANNELS, PHASE_MIN_ROWS, UpConv2d, phase_conv_transpose
 from ood_bench.registry import registry
 from ood_bench.suite.datasets import resolve
@@ -32,17 +32,12 @@ from torch import nn
 
 
 def paired_ms(first, second, repeats: int) -> tuple[float, float, float]:
-    """Median ms of ``first`` and of ``second``, timed alternately, and the median of the per-repeat ratios
-    first / second (alternating spreads the machine's drifts over both alike)."""
+    """Median ms of ``first`` and of ``second`` (one warm-up call each, then timed alternately) and the median of
+    the per-repeat ratios first / second."""
     first(), second()
-    t_first, t_second = [], []
-    for _ in range(repeats):
-        for fn, times in ((first, t_first), (second, t_second)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1000 * (time.perf_counter() - t0))
+    *_, t_first, t_second = paired_timings(first, second, repeats)
     ratios = [a / b for a, b in zip(t_first, t_second, strict=True)]
-    return statistics.median(t_first), statistics.median(t_second), statistics.median(ratios)
+    return 1000 * statistics.median(t_first), 1000 * statistics.median(t_second), statistics.median(ratios)
 
 
 @contextmanager
