@@ -55,17 +55,19 @@ def test_vmap_grad_with_shared_and_per_example_weights(phase_calls):
 
     torch.testing.assert_close(group_grads(fast), group_grads(native), rtol=0, atol=1e-12)
     assert phase_calls == [2 * PHASE_MIN_ROWS]  # the vmapped axis was folded into one batch
-    x = groups[0]  # per-example calls of one row each: PyTorch's kernel
-    stacked = {k: v.detach().expand(len(x), *v.shape) + 0.01 * torch.randn(len(x), *v.shape, dtype=torch.float64)
+    # Per-group weights (as regret's per-example encoder copies): the vmap rule hands them to PyTorch's kernel.
+    stacked = {k: v.detach().expand(len(groups), *v.shape) + 0.01 * torch.randn(len(groups), *v.shape,
+                                                                                dtype=torch.float64)
                for k, v in native.named_parameters()}
 
     def weight_grads(module: nn.Module) -> dict[str, torch.Tensor]:
-        loss = lambda p, xi: functional_call(module, p, (xi.unsqueeze(0),)).pow(2).sum()  # noqa: E731
-        return vmap(grad(loss))(stacked, x)
+        loss = lambda p, xi: functional_call(module, p, (xi,)).pow(2).sum()  # noqa: E731
+        return vmap(grad(loss))(stacked, groups)
 
     fast_grads, native_grads = weight_grads(fast), weight_grads(native)
     for name in native_grads:
         torch.testing.assert_close(fast_grads[name], native_grads[name], rtol=0, atol=1e-12)
+    assert phase_calls == [2 * PHASE_MIN_ROWS]
 
 
 def test_float32_rows_do_not_depend_on_batch_mates():
