@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from detector_speed import paired_timings
-from ood_bench.models.layers import PHASE_MAX_OUT_CHANNELS, PHASE_MIN_ROWS, UpConv2d, phase_conv_transpose
+from ood_bench.models.layers import PHASE_MIN_ROWS, UpConv2d, phase_conv_transpose
 from ood_bench.registry import registry
 from ood_bench.suite.datasets import resolve
 from ood_bench.suite.load import load_suite
@@ -114,7 +114,7 @@ def main() -> None:
                 if key in seen:
                     continue
                 seen.add(key)
-                phase = isinstance(layer, UpConv2d) and layer.out_channels <= PHASE_MAX_OUT_CHANNELS
+                phase = isinstance(layer, UpConv2d) and layer.phase_capable
                 role = "takes the phase path" if phase else "PyTorch's kernel"
                 for rows in args.rows:
                     layer_rows.append((f"{path.stem} `{label}` {name} ({role} at >= {PHASE_MIN_ROWS} rows)",

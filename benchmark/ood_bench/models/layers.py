@@ -106,21 +106,35 @@ class UpConv2d(nn.ConvTranspose2d):
     call) is a phase convolution (see the module docstring).
 
     ``channels_last_output``: the phase path leaves its output channels-last, saving two layout copies when the
-    next layer is another UpConv2d on the phase path (set by the backbone; the state dict is unaffected).
+    next layer is another UpConv2d on the phase path (see :func:`chain_channels_last`; the state dict is unaffected).
     """
 
     def __init__(self, *args: Any, channels_last_output: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.channels_last_output = channels_last_output
 
-    def _phase_path(self, x: torch.Tensor) -> bool:
-        if x.dim() != 4 or x.shape[0] < PHASE_MIN_ROWS or x.device.type != "cpu":  # the per-call part first
-            return False
+    @property
+    def phase_capable(self) -> bool:
+        """Whether this layer's configuration takes the phase path (on CPU, from PHASE_MIN_ROWS rows)."""
         return (self.kernel_size == (4, 4) and self.stride == (2, 2) and self.padding == (1, 1)
                 and self.output_padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1
                 and self.padding_mode == "zeros" and self.out_channels <= PHASE_MAX_OUT_CHANNELS)
+
+    def _phase_path(self, x: torch.Tensor) -> bool:
+        if x.dim() != 4 or x.shape[0] < PHASE_MIN_ROWS or x.device.type != "cpu":  # the per-call part first
+            return False
+        return self.phase_capable
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is None and self._phase_path(x):
             return _PhaseConvTranspose.apply(x, self.weight, self.bias, self.channels_last_output)
         return super().forward(x, output_size)
+
+
+def chain_channels_last(layers: list[nn.Module]) -> None:
+    """Let each UpConv2d that feeds another phase-capable UpConv2d (through element-wise layers only) leave its
+    output channels-last; ``layers`` is a sequential stack."""
+    ups = [m for m in layers if isinstance(m, nn.ConvTranspose2d)]
+    for layer, after in zip(ups, ups[1:], strict=False):
+        if isinstance(layer, UpConv2d):
+            layer.channels_last_output = layer.phase_capable and isinstance(after, UpConv2d) and after.phase_capable

@@ -29,7 +29,7 @@ from torch import nn
 from ood_bench.models import objectives
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import head_input, make_head
-from ood_bench.models.layers import PHASE_MAX_OUT_CHANNELS, UpConv2d
+from ood_bench.models.layers import UpConv2d, chain_channels_last
 
 _LOG_2PI = math.log(2.0 * math.pi)
 CPU_ROWS_PER_PASS = 512
@@ -135,12 +135,11 @@ class ConvVAE(Backbone):
         for i, cout in enumerate(outs):
             src, dst = sides[-1 - i], sides[-2 - i]
             pad = tuple(t - ((s - 1) * 2 - 2 + 4) for s, t in zip(src, dst, strict=True))
-            next_is_phase = i + 1 < len(outs) and outs[i + 1] <= PHASE_MAX_OUT_CHANNELS  # see models/layers.py
-            dec.append(UpConv2d(cin, cout, 4, stride=2, padding=1, output_padding=pad,
-                                channels_last_output=cout <= PHASE_MAX_OUT_CHANNELS and next_is_phase))
+            dec.append(UpConv2d(cin, cout, 4, stride=2, padding=1, output_padding=pad))  # see models/layers.py
             if i < len(outs) - 1:
                 dec.append(nn.ReLU())
             cin = cout
+        chain_channels_last(dec)
         self.decoder = nn.Sequential(*dec)
 
     # -------------------------------------------------------------------- Backbone API
