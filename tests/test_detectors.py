@@ -122,3 +122,12 @@ def test_llr_refuses_a_single_layer_backbone(images):
     one = HierarchicalVAE.from_params({**TINY, "latent_shapes": [[8, 14, 14]]}, (1, 28, 28))
     with pytest.raises(ValueError, match="at least 2 latent layers"):
         registry("detectors").get("llr")().fit(one, images)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "16", True, None])
+def test_count_parameters_refuse_anything_but_whole_numbers(bad):
+    from ood_bench.registry import registry
+
+    for name in ("likelihood", "llr", "llr_ada", "waic", "likelihood_regret", "input_complexity", "bpvae"):
+        with pytest.raises(ValueError, match="iwae_samples must be a positive integer"):
+            registry("detectors").get(name)(iwae_samples=bad)

@@ -18,6 +18,21 @@ from ood_bench.data.imageset import ImageSet
 from ood_bench.numerics import example_generators
 
 
+def whole_number(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` if it is an integer >= ``minimum``, else a ValueError naming the parameter (bools, floats and
+    strings are refused rather than silently truncated)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def require_hierarchical(backbone: Any, detector: str) -> None:
+    """ValueError unless ``backbone`` has at least two latent layers (the L^{>k} family needs k >= 1)."""
+    if getattr(backbone, "num_latent_layers", 1) < 2:
+        raise ValueError(f"{detector} needs a hierarchical backbone with at least 2 latent layers")
+
+
 @dataclass(frozen=True)
 class Batch:
     """A slice of one evaluation set, with what a detector needs to seed per-example randomness."""

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, features
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector
+from ood_bench.detectors.base import Batch, Detector, whole_number
 from ood_bench.errors import UserError
 from ood_bench.numerics import bits_per_dim
 
@@ -86,13 +86,11 @@ class InputComplexity(Detector):
     version = "1"
 
     def __init__(self, iwae_samples: int = 16, compressors: tuple[str, ...] | list[str] = COMPRESSORS):
-        if isinstance(iwae_samples, bool) or int(iwae_samples) < 1:
-            raise ValueError(f"iwae_samples must be a positive integer, got {iwae_samples!r}")
+        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
         compressors = tuple(compressors)
         bad = [c for c in compressors if c not in COMPRESSORS]
         if bad or not compressors or len(set(compressors)) != len(compressors):
             raise ValueError(f"compressors must be distinct values among {', '.join(COMPRESSORS)}, got {compressors!r}")
-        self.iwae_samples = int(iwae_samples)
         self.compressors = list(compressors)
 
     def outputs(self) -> list[str]:

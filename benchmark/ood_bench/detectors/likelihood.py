@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector
+from ood_bench.detectors.base import Batch, Detector, whole_number
 from ood_bench.numerics import bits_per_dim
 
 
@@ -31,9 +31,7 @@ class Likelihood(Detector):
     version = "1"
 
     def __init__(self, iwae_samples: int = 16):
-        if int(iwae_samples) < 1:
-            raise ValueError(f"iwae_samples must be a positive integer, got {iwae_samples!r}")
-        self.iwae_samples = int(iwae_samples)
+        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
 
     def outputs(self) -> list[str]:
         return ["elbo_bpd", "iwae_bpd"]

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector
+from ood_bench.detectors.base import Batch, Detector, require_hierarchical, whole_number
 from ood_bench.numerics import bits_per_dim
 
 
@@ -35,13 +35,10 @@ class LikelihoodRatio(Detector):
     version = "1"
 
     def __init__(self, iwae_samples: int = 16):
-        if int(iwae_samples) < 1:
-            raise ValueError(f"iwae_samples must be a positive integer, got {iwae_samples!r}")
-        self.iwae_samples = int(iwae_samples)
+        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
 
     def fit(self, backbone, id_train) -> LikelihoodRatio:
-        if getattr(backbone, "num_latent_layers", 1) < 2:
-            raise ValueError("llr needs a hierarchical backbone with at least 2 latent layers")
+        require_hierarchical(backbone, self.name)
         return super().fit(backbone, id_train)
 
     def outputs(self) -> list[str]:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector
+from ood_bench.detectors.base import Batch, Detector, require_hierarchical, whole_number
 from ood_bench.errors import UserError
 
 # log p(x|.) of a probability mass is < 0; this only guards a float rounding to exactly 0.
@@ -63,13 +63,10 @@ class AdaptiveLikelihoodRatio(Detector):
     version = "1"
 
     def __init__(self, iwae_samples: int = 16):
-        if int(iwae_samples) < 1:
-            raise ValueError(f"iwae_samples must be a positive integer, got {iwae_samples!r}")
-        self.iwae_samples = int(iwae_samples)
+        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
 
     def fit(self, backbone, id_train) -> AdaptiveLikelihoodRatio:
-        if getattr(backbone, "num_latent_layers", 1) < 2:
-            raise ValueError("llr_ada needs a hierarchical backbone with at least 2 latent layers")
+        require_hierarchical(backbone, self.name)
         head = getattr(backbone, "head", None)
         if not getattr(head, "is_probability_mass", False):
             head_name = type(head).__name__ if head is not None else "no `head` attribute"

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from ood_bench.detectors.base import Batch, Detector
+from ood_bench.detectors.base import Batch, Detector, whole_number
 from ood_bench.errors import UserError
 from ood_bench.models.base import frozen
 from ood_bench.models.vae import ConvVAE
@@ -218,18 +218,14 @@ class LikelihoodRegret(Detector):
 
     def __init__(self, steps: int = 100, lr: float = 2e-4, weight_decay: float = 5e-5, iwae_samples: int = 1000,
                  target: str = "encoder"):
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-        if not isinstance(iwae_samples, int) or isinstance(iwae_samples, bool) or iwae_samples < 1:
-            raise ValueError(f"iwae_samples must be a positive integer, got {iwae_samples!r}")
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
             raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
         if target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-        self.steps, self.lr, self.weight_decay = steps, float(lr), float(weight_decay)
-        self.iwae_samples, self.target = iwae_samples, target
+        self.steps, self.lr, self.weight_decay = whole_number(steps, "steps", minimum=0), float(lr), float(weight_decay)
+        self.iwae_samples, self.target = whole_number(iwae_samples, "iwae_samples"), target
 
     def fit(self, backbone: torch.nn.Module, id_train: object) -> LikelihoodRegret:
         self.backbone_ = require_vae(backbone, self.name)

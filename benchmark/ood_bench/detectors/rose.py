@@ -38,7 +38,7 @@ from torch.func import functional_call, grad, vmap
 
 from ood_bench.data.imageset import ImageSet
 from ood_bench.data.sampling import subset
-from ood_bench.detectors.base import Batch, Detector
+from ood_bench.detectors.base import Batch, Detector, whole_number
 from ood_bench.detectors.regret import require_vae
 from ood_bench.hashing import digest
 from ood_bench.models.base import frozen
@@ -169,8 +169,6 @@ class Rose(Detector):
                  p: float | None = None, beta: float = 0.0, diag_sqrt: bool = False):
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {preconditioner!r}")
-        if not isinstance(n_fit, int) or isinstance(n_fit, bool) or n_fit < 2:
-            raise ValueError(f"n_fit must be an integer >= 2, got {n_fit!r}")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
         if p is not None and not (isinstance(p, (int, float)) and p >= 1):
@@ -179,7 +177,7 @@ class Rose(Detector):
             raise ValueError(f"beta must be a number, got {beta!r}")
         if not isinstance(diag_sqrt, bool):
             raise ValueError(f"diag_sqrt must be true or false, got {diag_sqrt!r}")
-        self.preconditioner, self.n_fit, self.aggregation = preconditioner, n_fit, aggregation
+        self.preconditioner, self.n_fit, self.aggregation = preconditioner, whole_number(n_fit, "n_fit", 2), aggregation
         self.p, self.beta, self.diag_sqrt = p, float(beta), diag_sqrt
 
     def outputs(self) -> list[str]:

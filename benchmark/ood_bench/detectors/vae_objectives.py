@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector
+from ood_bench.detectors.base import Batch, Detector, whole_number
 from ood_bench.errors import UserError
 from ood_bench.numerics import bits_per_dim
 
@@ -28,9 +28,7 @@ class _ObjectiveDetector(Detector):
     objective = ""
 
     def __init__(self, iwae_samples: int = 1):
-        if isinstance(iwae_samples, bool) or int(iwae_samples) < 1:
-            raise ValueError(f"iwae_samples must be a positive integer, got {iwae_samples!r}")
-        self.iwae_samples = int(iwae_samples)
+        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
 
     def fit(self, backbone: torch.nn.Module, id_train) -> Detector:
         if getattr(backbone, "objective", None) != self.objective:

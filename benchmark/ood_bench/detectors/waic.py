@@ -20,7 +20,7 @@ import torch
 
 from ood_bench.data.imageset import ImageSet
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector
+from ood_bench.detectors.base import Batch, Detector, whole_number
 
 
 class WAIC(Detector):
@@ -38,12 +38,8 @@ class WAIC(Detector):
     version = "1"
 
     def __init__(self, members: int = 5, iwae_samples: int = 16):
-        if int(members) < 1:
-            raise ValueError(f"members must be a positive integer, got {members!r}")
-        if int(iwae_samples) < 1:
-            raise ValueError(f"iwae_samples must be a positive integer, got {iwae_samples!r}")
-        self.members = int(members)
-        self.iwae_samples = int(iwae_samples)
+        self.members = whole_number(members, "members")
+        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
 
     def seed_variants(self) -> int:
         return self.members
