@@ -1,13 +1,14 @@
-"""Forward time of the decoders' transposed convolutions: PyTorch's kernel vs UpConv2d's phase convolution.
+"""Forward time of the decoders' transposed convolutions: PyTorch's kernel vs UpConv2d's faster CPU paths.
 
 Usage: python benchmarks/upconv_speed.py [suites/fmnist.yaml ...] [--profile cpu] [--rows 1 16 32 256]
 
 For every backbone of each suite (built untrained, with the suite's input shape), finds each 4x4 / stride-2
 transposed convolution (an ``UpConv2d``, models/layers.py) and its input shape, then
-times its forward pass at each row count, median of --repeats, two ways: ``F.conv_transpose2d`` (PyTorch's
-CPU kernel) and ``phase_conv_transpose`` (one 2x2 convolution + interleave). Then one whole forward pass
-(``bound``, one sample) of each backbone at --model-rows rows, as built and with its UpConv2d layers switched
-back to the PyTorch kernel. Each pair is timed alternately; outputs are checked equal (float32 tolerance).
+times its forward pass at each row count, median of --repeats, three ways: ``F.conv_transpose2d`` (PyTorch's
+CPU kernel) on NCHW input, the same on channels-last input, and ``phase_conv_transpose`` (one 2x2 convolution +
+interleave). Then one whole forward pass (``bound``, one sample) of each backbone at --model-rows rows, as built
+and with its UpConv2d and FeatureMapLinear layers switched back to plain PyTorch layers. Each pair is timed
+alternately; outputs are checked equal (float32 tolerance).
 Prints Markdown for docs/performance.md.
 """
 
@@ -24,7 +25,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from detector_speed import paired_timings
-from ood_bench.models.layers import PHASE_MIN_ROWS, UpConv2d, phase_conv_transpose
+from ood_bench.models.layers import (
+    PHASE_MAX_OUT_CHANNELS,
+    PHASE_MIN_ROWS,
+    FeatureMapLinear,
+    UpConv2d,
+    phase_conv_transpose,
+)
 from ood_bench.registry import registry
 from ood_bench.suite.datasets import resolve
 from ood_bench.suite.load import load_suite
@@ -42,15 +49,21 @@ def paired_ms(first, second, repeats: int) -> tuple[float, float, float]:
 
 @contextmanager
 def pytorch_kernel(model: nn.Module):
-    """Every UpConv2d of ``model`` runs nn.ConvTranspose2d's forward inside."""
+    """Inside, every UpConv2d of ``model`` runs nn.ConvTranspose2d's forward and every FeatureMapLinear runs
+    nn.Linear + nn.Unflatten (NCHW): the model as plain PyTorch layers would compute it."""
     layers = [m for m in model.modules() if isinstance(m, UpConv2d)]
+    dense = [m for m in model.modules() if isinstance(m, FeatureMapLinear)]
     for m in layers:
         m.__class__ = nn.ConvTranspose2d
+    for m in dense:
+        m.forward = lambda x, m=m: F.linear(x, m.weight, m.bias).view(x.shape[0], *m.shape)
     try:
         yield
     finally:
         for m in layers:
             m.__class__ = UpConv2d
+        for m in dense:
+            del m.forward
 
 
 def transposed_convs(model: nn.Module, x: torch.Tensor,
@@ -69,13 +82,19 @@ def transposed_convs(model: nn.Module, x: torch.Tensor,
 
 
 @torch.no_grad()
-def time_layer(layer: nn.Module, in_shape: tuple, rows: int, repeats: int) -> tuple[float, float, float]:
-    """(PyTorch kernel ms, phase convolution ms, speed-up) of one layer's forward on ``rows`` random inputs."""
+def time_layer(layer: nn.Module, in_shape: tuple, rows: int, repeats: int) -> tuple[float, ...]:
+    """Forward ms of one layer on ``rows`` random inputs: PyTorch's kernel on NCHW input, PyTorch's kernel on
+    channels-last input, the phase convolution; then the speed-ups of the last two over the first."""
     x = torch.randn(rows, *in_shape)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     native = lambda: F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)  # noqa: E731
-    phase = lambda: phase_conv_transpose(x, layer.weight, layer.bias)  # noqa: E731
+    native_cl = lambda: F.conv_transpose2d(x_cl, layer.weight, layer.bias, stride=2, padding=1)  # noqa: E731
+    phase = lambda: phase_conv_transpose(x_cl, layer.weight, layer.bias)  # noqa: E731
     torch.testing.assert_close(phase(), native(), rtol=1e-4, atol=1e-4)
-    return paired_ms(native, phase, repeats)
+    torch.testing.assert_close(native_cl(), native(), rtol=1e-4, atol=1e-4)
+    t_native, t_cl, cl_ratio = paired_ms(native, native_cl, repeats)
+    _, t_phase, phase_ratio = paired_ms(native, phase, repeats)
+    return t_native, t_cl, t_phase, cl_ratio, phase_ratio
 
 
 @torch.no_grad()
@@ -114,10 +133,12 @@ def main() -> None:
                 if key in seen:
                     continue
                 seen.add(key)
-                phase = isinstance(layer, UpConv2d) and layer.phase_capable
-                role = "takes the phase path" if phase else "PyTorch's kernel"
+                phase = (isinstance(layer, UpConv2d) and layer.fast_capable
+                         and layer.out_channels <= PHASE_MAX_OUT_CHANNELS)
+                role = (f"phase convolution at >= {PHASE_MIN_ROWS} rows" if phase
+                        else "PyTorch's kernel, channels-last input")
                 for rows in args.rows:
-                    layer_rows.append((f"{path.stem} `{label}` {name} ({role} at >= {PHASE_MIN_ROWS} rows)",
+                    layer_rows.append((f"{path.stem} `{label}` {name} ({role})",
                                        f"{layer.in_channels}->{layer.out_channels}, {in_shape[1]}x{in_shape[2]} -> "
                                        f"{2 * in_shape[1]}x{2 * in_shape[2]}", rows,
                                        *time_layer(layer, in_shape, rows, args.repeats)))
@@ -130,10 +151,12 @@ def main() -> None:
           f"thread(s); profile `{args.profile}`; each pair timed alternately {args.repeats} times, medians (the "
           f"speed-up is the median of the per-repeat ratios); commit {rev}.")
     print()
-    print("| layer | shape | rows | PyTorch kernel ms | phase convolution ms | speed-up |")
-    print("|---|---|---:|---:|---:|---:|")
-    for where, shape, rows, t_native, t_phase, ratio in layer_rows:
-        print(f"| {where} | {shape} | {rows} | {t_native:.3f} | {t_phase:.3f} | {ratio:.1f}x |")
+    print("| layer | shape | rows | PyTorch kernel ms | same, channels-last input ms | phase convolution ms "
+          "| speed-up channels-last | speed-up phase |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for where, shape, rows, t_native, t_cl, t_phase, cl_ratio, phase_ratio in layer_rows:
+        print(f"| {where} | {shape} | {rows} | {t_native:.3f} | {t_cl:.3f} | {t_phase:.3f} | {cl_ratio:.2f}x "
+              f"| {phase_ratio:.2f}x |")
     print()
     print("| one forward pass (`bound`, 1 sample) | rows | UpConv2d on PyTorch's kernel, ms | as built, ms "
           "| speed-up |")

@@ -29,7 +29,7 @@ from torch import nn
 from ood_bench.models import objectives
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import head_input, make_head
-from ood_bench.models.layers import UpConv2d, chain_channels_last
+from ood_bench.models.layers import FeatureMapLinear, UpConv2d, chain_channels_last
 
 _LOG_2PI = math.log(2.0 * math.pi)
 CPU_ROWS_PER_PASS = 512
@@ -129,8 +129,9 @@ class ConvVAE(Backbone):
         enc += [nn.Linear(flat, hid), nn.ReLU(), nn.Linear(hid, 2 * d)] if hid else [nn.Linear(flat, 2 * d)]
         self.encoder = nn.Sequential(*enc)
 
-        dec: list[nn.Module] = [nn.Linear(d, hid), nn.ReLU(), nn.Linear(hid, flat)] if hid else [nn.Linear(d, flat)]
-        dec += [nn.ReLU(), nn.Unflatten(1, (self.channels[-1], *sides[-1]))]
+        to_map = FeatureMapLinear(hid or d, (self.channels[-1], *sides[-1]))  # Linear + Unflatten, channels-last
+        dec: list[nn.Module] = [nn.Linear(d, hid), nn.ReLU(), to_map] if hid else [to_map]
+        dec += [nn.ReLU(), nn.Identity()]  # the Identity holds the place of an earlier Unflatten: checkpoint keys
         outs = list(reversed(self.channels[:-1])) + [self.head.num_params]
         for i, cout in enumerate(outs):
             src, dst = sides[-1 - i], sides[-2 - i]
