@@ -117,10 +117,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 16, 32, 256])
     parser.add_argument("--model-rows", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--narrow", type=int, nargs="*", default=[2, 4, 8],
+                        help="also time synthetic 16 -> N channel layers at 14x14 (where the phase path stops paying)")
     args = parser.parse_args()
     torch.manual_seed(0)
 
     layer_rows, model_rows, seen = [], [], set()
+    for cout in args.narrow:
+        layer = UpConv2d(16, cout, 4, stride=2, padding=1)
+        for rows in args.rows:
+            layer_rows.append((f"synthetic (phase convolution up to {PHASE_MAX_OUT_CHANNELS} channels)",
+                               f"16->{cout}, 14x14 -> 28x28", rows,
+                               *time_layer(layer, (16, 14, 14), rows, args.repeats)))
     for path in args.suites:
         suite, _ = load_suite(path, args.profile)
         shape = resolve(suite, download=False).train.shape

@@ -10,9 +10,9 @@ faster ways, chosen by what ``benchmarks/upconv_speed.py`` measured (docs/perfor
   m - 1 + a .. m + a and n - 1 + c .. n + c, through kernel taps 3 - a - 2i and 3 - c - 2j (i, j in {0, 1}).
   So a 2x2 convolution of the input padded by 1, with the four phases (a, c) stacked as 4 * cout output
   channels, gives every output pixel; one strided copy interleaves the phases. PyTorch's oneDNN kernel runs
-  these layers 2-3.5x slower from 32 rows on.
-* **Everything else**: PyTorch's own kernel on channels-last input: about as fast as on NCHW input at one row,
-  1.1-1.5x faster on batches, 2.3-2.9x on the colour heads' 50-channel layers.
+  the one-channel output layers 1.3-3.4x slower from 16 rows on.
+* **Everything else**: PyTorch's own kernel on channels-last input, 1.04-1.6x faster than on NCHW input
+  (up to 3.2x on the colour heads' 50-channel layers).
 
 The backward pass is the transposed convolution's adjoint, an ordinary stride-2 convolution, for the input
 gradient (in the input's layout, so the ReLU before it does not convert layouts), and PyTorch's
