@@ -73,6 +73,19 @@ def test_vmap_grad_with_shared_and_per_example_weights(phase_calls):
     assert phase_calls == [2 * PHASE_MIN_ROWS]
 
 
+@pytest.mark.parametrize("rows", [1, PHASE_MIN_ROWS])
+def test_vmap_grad_on_the_channels_last_path(rows, phase_calls):
+    # Wider than the phase path: PyTorch's kernel on channels-last input, whose backward runs under vmap here.
+    native, fast = _pair(3, PHASE_MAX_OUT_CHANNELS + 4)
+    groups = torch.randn(3, rows, 3, 5, 5, dtype=torch.float64)
+
+    def group_grads(module: nn.Module) -> torch.Tensor:
+        return vmap(grad(lambda xi: module(xi).pow(2).sum()))(groups)
+
+    torch.testing.assert_close(group_grads(fast), group_grads(native), rtol=0, atol=1e-12)
+    assert phase_calls == []
+
+
 def test_float32_rows_do_not_depend_on_batch_mates():
     _, fast = _pair(16, 1)
     fast = fast.float()

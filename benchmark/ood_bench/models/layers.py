@@ -14,9 +14,10 @@ faster ways, chosen by what ``benchmarks/upconv_speed.py`` measured (docs/perfor
 * **Everything else**: PyTorch's own kernel on channels-last input, 1.04-1.6x faster than on NCHW input
   (up to 3.2x on the colour heads' 50-channel layers).
 
-The backward pass is the transposed convolution's adjoint, an ordinary stride-2 convolution, for the input
-gradient (in the input's layout, so the ReLU before it does not convert layouts), and PyTorch's
-``aten.convolution_backward`` for weight and bias gradients: the gradients of ``nn.ConvTranspose2d``. Under
+The backward pass is PyTorch's ``aten.convolution_backward`` when weight gradients are needed (training), and
+otherwise (frozen weights, as in likelihood regret) the transposed convolution's adjoint, an ordinary stride-2
+convolution, computed in the input's layout so that the ReLU before it does not convert layouts: the gradients
+of ``nn.ConvTranspose2d`` either way. Under
 ``torch.func.vmap`` with shared weights the vmapped dimension is folded into the batch; per-example weights
 go to PyTorch's batching rule. Other configurations and devices, and ``output_size`` calls, use
 ``nn.ConvTranspose2d``'s forward.
@@ -103,17 +104,19 @@ class _FastConvTranspose(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, weight, stride=2, padding=1)
-            if not torch._C._functorch.is_functorch_wrapped_tensor(grad_x):  # vmap cannot change layouts
-                grad_x = grad_x.contiguous(memory_format=_layout(x))
+        needs_x, needs_w = ctx.needs_input_grad[:2]
         needs_b = ctx.bias_sizes is not None and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1] or needs_b:
-            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad, x, weight, ctx.bias_sizes, [2, 2], [1, 1], [1, 1], True, [0, 0], 1,
-                [False, ctx.needs_input_grad[1], needs_b])
-        return grad_x, grad_w, grad_b, None
+        if needs_w or needs_b:  # training: one call computes every gradient
+            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, x, weight, ctx.bias_sizes, [2, 2], [1, 1], [1, 1], True, [0, 0], 1, [needs_x, needs_w, needs_b])
+            return grad_x, grad_w, grad_b, None
+        if not needs_x:
+            return None, None, None, None
+        # frozen weights (scoring): the adjoint convolution, in the input's layout
+        grad_x = F.conv2d(grad, weight, stride=2, padding=1)
+        if not torch._C._functorch.is_functorch_wrapped_tensor(grad_x):  # vmap cannot change layouts
+            grad_x = grad_x.contiguous(memory_format=_layout(x))
+        return grad_x, None, None, None
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
