@@ -17,10 +17,9 @@ faster ways, chosen by what ``benchmarks/upconv_speed.py`` measured (docs/perfor
 The backward pass is PyTorch's ``aten.convolution_backward`` when weight gradients are needed (training), and
 otherwise (frozen weights, as in likelihood regret) the transposed convolution's adjoint, an ordinary stride-2
 convolution, computed in the input's layout so that the ReLU before it does not convert layouts: the gradients
-of ``nn.ConvTranspose2d`` either way. Under
-``torch.func.vmap`` with shared weights the vmapped dimension is folded into the batch; per-example weights
-go to PyTorch's batching rule. Other configurations and devices, and ``output_size`` calls, use
-``nn.ConvTranspose2d``'s forward.
+of ``nn.ConvTranspose2d`` either way. Under ``torch.func.vmap`` with shared weights the vmapped dimension is
+folded into the batch; per-example weights go to PyTorch's batching rule. Other configurations and devices,
+and ``output_size`` calls, use ``nn.ConvTranspose2d``'s forward.
 """
 
 from __future__ import annotations
@@ -88,8 +87,8 @@ def fast_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 
 class _FastConvTranspose(torch.autograd.Function):
-    """Forward by :func:`fast_conv_transpose`; backward by the adjoint convolution (input) and PyTorch's
-    transposed-convolution backward (weight, bias)."""
+    """Forward by :func:`fast_conv_transpose`; backward by PyTorch's ``convolution_backward`` when weights train,
+    else by the adjoint convolution (see the module docstring)."""
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels_last: bool) -> torch.Tensor:
