@@ -11,8 +11,8 @@ faster ways, chosen by what ``benchmarks/upconv_speed.py`` measured (docs/perfor
   So a 2x2 convolution of the input padded by 1, with the four phases (a, c) stacked as 4 * cout output
   channels, gives every output pixel; one strided copy interleaves the phases. PyTorch's oneDNN kernel runs
   the one-channel output layers 1.3-3.4x slower from 16 rows on.
-* **Everything else**: PyTorch's own kernel on channels-last input, 1.04-1.6x faster than on NCHW input
-  (up to 3.2x on the colour heads' 50-channel layers).
+* **Everything else**: PyTorch's own kernel on channels-last input, faster than on NCHW input on every backbone
+  layer but the widest (256 -> 128 channels at 4x4, about even), most on the colour heads' 50-channel layers.
 
 The backward pass is PyTorch's ``aten.convolution_backward`` when weight gradients are needed (training), and
 otherwise (frozen weights, as in likelihood regret) the transposed convolution's adjoint, an ordinary stride-2
@@ -186,8 +186,8 @@ class FeatureMapLinear(nn.Linear):
 
     def _hwc_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         params = [p for p in (self.weight, self.bias) if p is not None]
-        if any(p.requires_grad for p in params) and torch.is_grad_enabled() or any(
-                torch._C._functorch.is_functorch_wrapped_tensor(p) for p in params):
+        training = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        if training or any(torch._C._functorch.is_functorch_wrapped_tensor(p) for p in params):
             return self._permuted()  # in the autograd graph (training) or under a functorch transform
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if self._cached is None or self._cached[0] != key:
