@@ -16,7 +16,7 @@ from ood_bench.cli.main import main
 from ood_bench.data.imageset import ImageSet
 from ood_bench.detectors import Batch, estimators
 from ood_bench.detectors.input_complexity import InputComplexity, compressed_bits_per_dim
-from ood_bench.models import objectives
+from ood_bench.models import gaussian
 from ood_bench.models.hvae import HierarchicalVAE
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import LN2
@@ -58,7 +58,7 @@ def hvae():
     return HierarchicalVAE.from_params({"channels": 8, "blocks_per_stage": 1, "dense_width": 32}, (1, 28, 28)).eval()
 
 
-def test_ic_is_model_bpd_minus_compressed_bpd_of_the_binarised_image(hvae):
+def test_ic_is_model_bpd_minus_compressed_bpd_of_the_1bit_image(hvae):
     rng = np.random.default_rng(2)
     images = ImageSet("r", rng.integers(0, 256, size=(5, 1, 28, 28), dtype=np.uint8), "fp-ic")
     batch = Batch(torch.from_numpy(images.images), np.arange(5), images.fingerprint, 0)
@@ -67,16 +67,53 @@ def test_ic_is_model_bpd_minus_compressed_bpd_of_the_binarised_image(hvae):
     iwae = estimators.memoised(hvae, batch, "iwae3", lambda r, g: None)  # memoised by the detector already
     assert np.isfinite(iwae).all()
     x = det._model_input(batch)
-    seen = (x.numpy() > 0.5).astype(np.uint8) * 255  # the Bernoulli backbone models the binarised image
-    assert set(np.unique(seen)) <= {0, 255}
+    bits = x.numpy() > 0.5  # the Bernoulli backbone models the binarised image, one bit per pixel
     for c in ("png", "jp2"):
-        expected = -iwae / (784 * LN2) - np.array([compressed_bits_per_dim(s, c) for s in seen])
+        expected = -iwae / (784 * LN2) - np.array([compressed_bits_per_dim(s, c) for s in bits])
         np.testing.assert_allclose(scores[f"ic_{c}"], expected, rtol=0, atol=1e-12)
+    # what the PNG coder received is a bit-depth-1 image: fewer bytes than the same bits as 0/255 grey
+    grey = bits.astype(np.uint8) * 255
+    for b, g in zip(bits, grey, strict=True):
+        assert compressed_bits_per_dim(b, "png") < compressed_bits_per_dim(g, "png")
+    buffer = io.BytesIO()
+    Image.fromarray(bits[0, 0]).save(buffer, format="PNG", optimize=True, compress_level=9)
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "1"
+    assert compressed_bits_per_dim(bits[0], "png") == 8 * len(buffer.getvalue()) / 784
+    # the reference code's mix: model nats minus compressed bits, per dim
+    mixed = InputComplexity(iwae_samples=3, units="reference_mix").fit(hvae, images).score(batch)
+    np.testing.assert_allclose(mixed["ic_png"], -iwae / 784 - np.array([compressed_bits_per_dim(s, "png")
+                                                                        for s in bits]), rtol=0, atol=1e-12)
 
 
-def test_ic_rejects_unknown_compressor():
+def test_ic_compresses_uint8_pixels_for_an_8bit_head():
+    torch.manual_seed(0)
+    vae = ConvVAE.from_params({"channels": [4, 8], "hidden": 16, "latent_dim": 4, "likelihood": "dlm"},
+                              (1, 28, 28)).eval()
+    rng = np.random.default_rng(3)
+    images = ImageSet("r", rng.integers(0, 256, size=(3, 1, 28, 28), dtype=np.uint8), "fp-ic8")
+    batch = Batch(torch.from_numpy(images.images), np.arange(3), images.fingerprint, 0)
+    scores = InputComplexity(iwae_samples=2, compressors=["png"]).fit(vae, images).score(batch)
+    iwae = estimators.memoised(vae, batch, "iwae2", lambda r, g: None)
+    expected = -iwae / (784 * LN2) - np.array([compressed_bits_per_dim(im, "png") for im in images.images])
+    np.testing.assert_allclose(scores["ic_png"], expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("c", ["png", "jp2"])
+def test_constant_image_has_near_zero_complexity_in_both_codings(c):
+    one_bit = np.zeros((1, 28, 28), dtype=bool)
+    eight_bit = np.full((1, 28, 28), 113, dtype=np.uint8)
+    noise_bits = np.random.default_rng(4).random((1, 28, 28)) < 0.5
+    # headers only: well under the ~1 bit/pixel of a random binary image and the 8 bits of 8-bit noise
+    assert compressed_bits_per_dim(one_bit, c) < 1.5
+    assert compressed_bits_per_dim(eight_bit, c) < 1.5
+    assert compressed_bits_per_dim(noise_bits, c) > compressed_bits_per_dim(one_bit, c) + 0.9
+
+
+def test_ic_rejects_unknown_compressor_and_units():
     with pytest.raises(ValueError, match="compressors"):
         InputComplexity(compressors=["flif"])
+    with pytest.raises(ValueError, match="units"):
+        InputComplexity(units="nats")
 
 
 # ------------------------------------------------------------------------------------------ suite checks
@@ -132,11 +169,11 @@ def _inputs(model, n, seed):
 
 def test_gaussian_kl_hand_case():
     # KL(N((0, 8), diag(1, 4)) || N(8·1, I)) = ½(1 + 64 - 1 - 0) + ½(4 + 0 - 1 - log 4) = 32 + 1.5 - log 2
-    kl = objectives.gaussian_kl(torch.tensor([[0.0, 8.0]], dtype=torch.float64),
+    kl = gaussian.kl_normal(torch.tensor([[0.0, 8.0]], dtype=torch.float64),
                                 torch.tensor([[0.0, math.log(4.0)]], dtype=torch.float64), 8.0, 1.0)
     assert kl.sum().item() == pytest.approx(33.5 - math.log(2.0), abs=1e-6)
     # against N(0, 0.5²): ½((1 + 0)/0.25 - 1 - 0 + log 0.25) for a standard-normal posterior
-    assert objectives.gaussian_kl(torch.zeros(1, 1), torch.zeros(1, 1), 0.0, 0.5).item() == pytest.approx(
+    assert gaussian.kl_normal(torch.zeros(1, 1), torch.zeros(1, 1), 0.0, 0.5).item() == pytest.approx(
         0.5 * (4.0 - 1.0 + math.log(0.25)), abs=1e-6)
 
 
@@ -161,7 +198,7 @@ def test_bpvae_intended_and_literal_objectives():
     assert variants["literal"] == pytest.approx(elbo_sum, rel=1e-6)
     # The intended objective differs by exactly the change of prior in the simple-set KL term.
     mean, log_var = plain.posterior(y)
-    shift = (objectives.gaussian_kl(mean, log_var, 0.0, 0.3) - objectives.gaussian_kl(mean, log_var, 0.0, 1.0))
+    shift = (gaussian.kl_normal(mean, log_var, 0.0, 0.3) - gaussian.kl_normal(mean, log_var, 0.0, 1.0))
     assert variants["intended"] - variants["literal"] == pytest.approx(shift.sum(1).mean().item(), rel=1e-4)
     assert variants["intended"] != pytest.approx(variants["literal"], rel=1e-3)
 
@@ -176,7 +213,7 @@ def test_negative_sampling_adds_the_negative_kl():
     torch.manual_seed(3)
     total, logs = ns.training_loss(x, 1.0, 0.0, aux=neg)
     mean, log_var = plain.posterior(neg)
-    expected = objectives.gaussian_kl(mean, log_var, 8.0, 1.0).sum(1).mean().item()
+    expected = gaussian.kl_normal(mean, log_var, 8.0, 1.0).sum(1).mean().item()
     assert logs["kl_negative"] == pytest.approx(expected, rel=1e-6)
     assert total.item() - base == pytest.approx(expected, rel=1e-5)
 

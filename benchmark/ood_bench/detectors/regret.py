@@ -79,13 +79,6 @@ def adam_step(
         p.addcdiv_(m, denom, value=-lr / c1)
 
 
-def _negative_elbo(model: ConvVAE, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
-                   eps: torch.Tensor) -> torch.Tensor:
-    """Per-example reconstruction NLL at one reparameterised sample + analytic KL (the reference loss)."""
-    z = mean + torch.exp(0.5 * logvar) * eps
-    return -model.log_px(model.decode(z), x) + model.kl_analytic(mean, logvar).sum(1)
-
-
 def iwae_at(model: ConvVAE, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
             noise: torch.Tensor) -> torch.Tensor:
     """IWAE bound (nats, float64) of each example under given posterior parameters; noise (S, B, d)."""
@@ -115,7 +108,7 @@ def optimise_posterior(
         for t, eps in enumerate(step_noise, start=1):
             with torch.enable_grad():
                 leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-                loss = _negative_elbo(model, x, leaves["mean"], leaves["logvar"], eps).sum()
+                loss = model.negative_elbo(x, leaves["mean"], leaves["logvar"], eps).sum()
                 grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
             adam_step(params, grads, state, t, lr, weight_decay)
         return params["mean"], params["logvar"]
@@ -141,7 +134,7 @@ def _optimise_encoder(
 
     def loss_of(p: dict[str, torch.Tensor], xi: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         mean, logvar = posterior_of(p, xi)
-        return _negative_elbo(model, xi.unsqueeze(0), mean, logvar, eps.unsqueeze(0)).sum()
+        return model.negative_elbo(xi.unsqueeze(0), mean, logvar, eps.unsqueeze(0)).sum()
 
     per_example_grad = vmap(grad(loss_of))
     state: dict[str, torch.Tensor] = {}
@@ -183,7 +176,7 @@ def _reference_loop(
         for eps in step_noise[:, i : i + 1]:
             if target == "encoder":
                 mean, logvar = encoder(xi).chunk(2, dim=1)
-            loss = _negative_elbo(model, xi, mean, logvar, eps).sum()
+            loss = model.negative_elbo(xi, mean, logvar, eps).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -15,7 +15,6 @@ nearest-neighbour / transposed-convolution upsampling.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from ood_bench.models import gaussian
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import head_input, make_head
 from ood_bench.models.layers import UpConv2d
 from ood_bench.numerics import LN2
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _MIN_STD = 1e-4
 CPU_ROWS_PER_PASS = 256
 FREE_BITS_MODES = ("position", "element", "layer")
@@ -58,8 +57,8 @@ class HVAEConfig:
     """Odd kernel size per stage, bottom first. Default [5, 3, 3, ...]."""
     dense_width: int = 256
     likelihood: str | None = None
-    """``bernoulli`` (binarised images) or ``dlm`` (discretised logistic mixture). Default: bernoulli for
-    one channel, dlm otherwise."""
+    """``bernoulli`` (binarised images), ``dlm`` (discretised logistic mixture) or ``categorical`` (256-way
+    softmax per sub-pixel). Default: bernoulli for one channel, dlm otherwise."""
     dlm_components: int = 10
     weight_norm: bool = True
     """Weight normalisation with data-dependent initialisation (Salimans & Kingma 2016)."""
@@ -91,7 +90,8 @@ class HVAEConfig:
                "a positive integer")
         _check(isinstance(self.dlm_components, int) and self.dlm_components > 0, "dlm_components",
                "a positive integer")
-        _check(self.likelihood in (None, "bernoulli", "dlm"), "likelihood", "'bernoulli' or 'dlm'")
+        _check(self.likelihood in (None, "bernoulli", "dlm", "categorical"), "likelihood",
+               "'bernoulli', 'dlm' or 'categorical'")
         _check(self.kl_estimator in ("analytic", "mc"), "kl_estimator", "'analytic' or 'mc'")
         _check(self.free_bits_per in FREE_BITS_MODES, "free_bits_per", " or ".join(map(repr, FREE_BITS_MODES)))
         _check(isinstance(self.weight_norm, bool), "weight_norm", "true or false")
@@ -472,8 +472,8 @@ class HierarchicalVAE(Backbone):
             if l < k:
                 kl.append(torch.zeros_like(log_px))
                 continue
-            log_q = -0.5 * (layer["eps"] ** 2 + _LOG_2PI) - torch.log(layer["q_std"])
-            log_p = _normal_log_pdf(layer["z"], layer["p_mean"], layer["p_std"])
+            log_q = gaussian.log_normal_at_noise(layer["eps"], torch.log(layer["q_std"]))
+            log_p = gaussian.log_normal(layer["z"], layer["p_mean"], layer["p_std"])
             kl.append((log_q - log_p).flatten(1).sum(1))
         return BoundTerms(log_px=log_px, kl=kl)
 
@@ -497,10 +497,10 @@ class HierarchicalVAE(Backbone):
         kl_total = torch.zeros_like(log_px)
         for l, layer in enumerate(layers):
             if self.config.kl_estimator == "analytic":
-                kl_el = _gaussian_kl(layer["q_mean"], layer["q_std"], layer["p_mean"], layer["p_std"])
+                kl_el = gaussian.kl_normal_std(layer["q_mean"], layer["q_std"], layer["p_mean"], layer["p_std"])
             else:
-                log_q = -0.5 * (layer["eps"] ** 2 + _LOG_2PI) - torch.log(layer["q_std"])
-                kl_el = log_q - _normal_log_pdf(layer["z"], layer["p_mean"], layer["p_std"])
+                log_q = gaussian.log_normal_at_noise(layer["eps"], torch.log(layer["q_std"]))
+                kl_el = log_q - gaussian.log_normal(layer["z"], layer["p_mean"], layer["p_std"])
             kl_ex = kl_el.flatten(1).sum(1)
             kl_total = kl_total + kl_ex
             mode = self.config.free_bits_per
@@ -557,15 +557,6 @@ def _normalise_output(module: nn.Module, _inputs: Any, out: torch.Tensor) -> tor
     module.bias.data = (module.bias.data - mean) / std
     view = [1, -1] + [1] * (out.dim() - 2)
     return (out - mean.view(view)) / std.view(view)
-
-
-def _normal_log_pdf(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return -0.5 * (((z - mean) / std) ** 2 + _LOG_2PI) - torch.log(std)
-
-
-def _gaussian_kl(qm: torch.Tensor, qs: torch.Tensor, pm: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
-    """KL(N(qm, qs^2) || N(pm, ps^2)) per element."""
-    return torch.log(ps / qs) + (qs**2 + (qm - pm) ** 2) / (2 * ps**2) - 0.5
 
 
 def _default_latents(input_shape: tuple[int, int, int]) -> list[tuple[int, ...]]:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ood_bench.models import gaussian
 from ood_bench.models.base import config_from_params, frozen
 
 OBJECTIVES = ("elbo", "bpvae", "negative_sampling")
@@ -89,18 +90,11 @@ def auxiliary_use(objective: str, cfg: ObjectiveParams) -> str:
     return "required" if needs else "unused"
 
 
-def gaussian_kl(mean: torch.Tensor, log_var: torch.Tensor, prior_mean: float, prior_std: float) -> torch.Tensor:
-    """``KL(N(mean, exp(log_var)) || N(prior_mean, prior_std²))`` per latent dimension, (B, d):
-    ``½ [(σ_j² + (μ_j - m)²)/s² - 1 - log σ_j² + log s²]``."""
-    s2 = float(prior_std) ** 2
-    return 0.5 * ((log_var.exp() + (mean - prior_mean) ** 2) / s2 - 1.0 - log_var + math.log(s2))
-
-
 def _elbo_terms(model: Any, x: torch.Tensor, prior_sd: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(x|z) at one reparameterised posterior sample (B,), analytic KL to N(0, prior_sd²) (B, d))."""
     mean, log_var = model.posterior(x)
     z = mean + torch.randn_like(mean) * (0.5 * log_var).exp()
-    return model.log_px(model.decode(z), x), gaussian_kl(mean, log_var, 0.0, prior_sd)
+    return model.log_px(model.decode(z), x), gaussian.kl_normal(mean, log_var, 0.0, prior_sd)
 
 
 def training_loss(
@@ -134,12 +128,12 @@ def training_loss(
             if cfg.generator_term:
                 with frozen(model.encoder.parameters()):
                     g_mean, g_log_var = model.posterior(generated)
-                    gen_kl = gaussian_kl(g_mean, g_log_var, 0.0, 1.0).sum(1)
+                    gen_kl = gaussian.kl_normal(g_mean, g_log_var, 0.0, 1.0).sum(1)
                 loss = loss + gen_kl.mean()
                 logs["kl_generated_pos"] = gen_kl.detach().mean().item()
             negatives = generated.detach()
         n_mean, n_log_var = model.posterior(negatives)
-        neg_kl = gaussian_kl(n_mean, n_log_var, float(cfg.negative_shift), 1.0).sum(1)
+        neg_kl = gaussian.kl_normal(n_mean, n_log_var, float(cfg.negative_shift), 1.0).sum(1)
         loss = loss + neg_kl.mean()
         logs["kl_negative"] = neg_kl.detach().mean().item()
     logs = {"loss": loss.item(), **logs}

@@ -5,7 +5,8 @@ FashionMNIST with channels [32, 64]; 32 -> 16 -> 8 -> 4 for CIFAR10 with [64, 12
 dense layer of ``hidden`` units with ReLU, and a dense layer to the posterior mean and log-variance
 of z in R^d. Decoder: the mirror image (dense layers, transposed 4x4 / stride-2 convolutions) ending
 in the parameters of the likelihood head of :mod:`ood_bench.models.heads` (Bernoulli logits for
-binarised grayscale images, a discretised logistic mixture for colour). p(z) = N(0, I).
+binarised grayscale images, a discretised logistic mixture for colour, or the reference code's 256-way
+categorical per sub-pixel). p(z) = N(0, I).
 
 No BatchNorm, unlike the DCGAN VAE of the likelihood-regret reference code: with BatchNorm an
 example's training-mode output depends on its batch-mates, and likelihood regret and ROSE need every
@@ -18,7 +19,6 @@ detectors and training objectives built on this backbone (BPVAE, negative sampli
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ood_bench.models import objectives
+from ood_bench.models import gaussian, objectives
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import head_input, make_head
 from ood_bench.models.layers import FeatureMapLinear, UpConv2d, chain_channels_last
 
-_LOG_2PI = math.log(2.0 * math.pi)
 CPU_ROWS_PER_PASS = 512
 
 
@@ -50,8 +49,9 @@ class VAEConfig:
     hidden: int = 256
     """Width of the dense layer between the convolutions and the latent (0: none)."""
     likelihood: str | None = None
-    """``bernoulli`` (binarised images) or ``dlm`` (discretised logistic mixture). Default: bernoulli for
-    one channel, dlm otherwise."""
+    """``bernoulli`` (binarised images), ``dlm`` (discretised logistic mixture) or ``categorical`` (a 256-way
+    softmax per sub-pixel, the likelihood-regret reference decoder). Default: bernoulli for one channel, dlm
+    otherwise."""
     dlm_components: int = 10
     free_bits_per: str = "element"
     """How the training free-bits budget lambda (nats) floors the KL: ``element`` = lambda / d on each latent
@@ -73,7 +73,8 @@ class VAEConfig:
             self.channels = list(self.channels)
         _check(isinstance(self.hidden, int) and not isinstance(self.hidden, bool) and self.hidden >= 0,
                "hidden", "an integer >= 0")
-        _check(self.likelihood in (None, "bernoulli", "dlm"), "likelihood", "'bernoulli' or 'dlm'")
+        _check(self.likelihood in (None, "bernoulli", "dlm", "categorical"), "likelihood",
+               "'bernoulli', 'dlm' or 'categorical'")
         _check(positive_int(self.dlm_components), "dlm_components", "a positive integer")
         _check(self.free_bits_per in ("element", "layer"), "free_bits_per", "'element' or 'layer'")
         _check(isinstance(self.objective_params, dict), "objective_params", "a mapping")
@@ -195,7 +196,15 @@ class ConvVAE(Backbone):
     @staticmethod
     def kl_analytic(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """KL(N(mean, exp(logvar)) || N(0, I)) per latent dimension, (B, d)."""
-        return 0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar)
+        return gaussian.kl_normal(mean, logvar)
+
+    def negative_elbo(self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
+                      eps: torch.Tensor | None = None) -> torch.Tensor:
+        """``-log p(x|z) + KL(q(z|x) || p(z))`` per example (B,), with the analytic KL of the posterior
+        (mean, logvar) and z = mean + exp(logvar / 2) * eps, or z = mean when ``eps`` is None (a deterministic
+        loss, as ROSE's gradients need). Any posterior can be passed, e.g. one optimised for a single example."""
+        z = mean if eps is None else mean + torch.exp(0.5 * logvar) * eps
+        return -self.log_px(self.decode(z), x) + self.kl_analytic(mean, logvar).sum(1)
 
     def weights(self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> BoundTerms:
         """``log p(x|z)`` and the MC term ``log q(z|x) - log p(z)`` at z = mean + exp(logvar / 2) * eps.
@@ -203,8 +212,8 @@ class ConvVAE(Backbone):
         Any posterior parameters can be passed, e.g. those of an encoder optimised for one example.
         """
         z = mean + torch.exp(0.5 * logvar) * eps
-        log_q = (-0.5 * (eps**2 + _LOG_2PI) - 0.5 * logvar).sum(1)
-        log_p = (-0.5 * (z**2 + _LOG_2PI)).sum(1)
+        log_q = gaussian.log_normal_at_noise(eps, 0.5 * logvar).sum(1)
+        log_p = gaussian.log_standard_normal(z).sum(1)
         return BoundTerms(log_px=self.log_px(self.decode(z), x), kl=[log_q - log_p])
 
     def bound(self, x: torch.Tensor, noise: list[torch.Tensor], k: int = 0) -> BoundTerms:
