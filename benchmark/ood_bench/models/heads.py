@@ -4,6 +4,9 @@
 * ``DiscretizedLogisticMixtureHead``: the PixelCNN++ likelihood (Salimans et al. 2017) over the 256
   integer values of each sub-pixel, rescaled to [-1, 1]. The log-probability of every bin is computed
   exactly and stably (no pdf fallback), so the 256 bin probabilities of a sub-pixel sum to one.
+* ``CategoricalHead``: a free 256-way softmax per sub-pixel (C * 256 logits per pixel), trained with
+  cross-entropy on the integer pixel values: the "DCGAN_VAE_pixel" head of the likelihood-regret / ROSE
+  reference code (XavierXiao/Likelihood-Regret). It sees the same [-1, 1] levels as the mixture head.
 """
 
 from __future__ import annotations
@@ -129,15 +132,68 @@ class DiscretizedLogisticMixtureHead:
         return torch.logsumexp(per_component, dim=1).flatten(1).sum(1)
 
 
+NUM_LEVELS = 256  # values of an 8-bit sub-pixel
+
+
+def levels_from_unit_interval(x: torch.Tensor) -> torch.Tensor:
+    """Integer levels 0..255 (int64) of sub-pixels given as ``level * 2/255 - 1`` in [-1, 1] (``head_input``).
+
+    Rounding to the nearest level undoes the float error of the rescaling (under 1e-4 of a level in float32);
+    values outside [-1, 1] are clamped to the lowest / highest level.
+    """
+    return torch.round((x + 1.0) * ((NUM_LEVELS - 1) / 2.0)).clamp(0, NUM_LEVELS - 1).long()
+
+
+class CategoricalHead:
+    """Independent 256-way categorical sub-pixels, one free softmax per sub-pixel.
+
+    ``params`` has shape (B, C * 256, H, W), grouped channel-major as in the reference decoder
+    (``view(B, C, 256, H, W)``): output channel ``c * 256 + k`` is the logit of level k for image channel c.
+    ``x`` holds levels in [-1, 1] (``level * 2/255 - 1``, as for ``dlm``); ``log_prob`` recovers the integer
+    level by rounding (:func:`levels_from_unit_interval`), so -log_prob is the reference code's summed
+    cross-entropy on ``x * 255``.
+    """
+
+    is_probability_mass = True
+    """log p(x|.) is the log of a probability mass over 256 levels, so strictly negative."""
+
+    def __init__(self, channels: int):
+        self.channels = channels
+
+    @property
+    def num_params(self) -> int:
+        """Network output channels the head needs."""
+        return self.channels * NUM_LEVELS
+
+    def _logits(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, C, 256, H, W) logits; a view of ``params`` (also for channels-last memory)."""
+        b, _, h, w = params.shape
+        return params.view(b, self.channels, NUM_LEVELS, h, w)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """Expected image in [0, 1]: sum_k softmax_k * k / 255 per sub-pixel, shape (B, C, H, W)."""
+        probs = torch.softmax(self._logits(params), dim=2)
+        values = torch.arange(NUM_LEVELS, dtype=probs.dtype, device=probs.device) / (NUM_LEVELS - 1)
+        return (probs * values.view(1, 1, -1, 1, 1)).sum(2).clamp(0.0, 1.0)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Sum over sub-pixels of log softmax(logits)[observed level], shape (B,), in nats."""
+        log_p = F.log_softmax(self._logits(params), dim=2)
+        index = levels_from_unit_interval(x).unsqueeze(2)  # (B, C, 1, H, W)
+        return log_p.gather(2, index).flatten(1).sum(1)
+
+
 def make_head(
     likelihood: str, channels: int, components: int
-) -> BernoulliHead | DiscretizedLogisticMixtureHead:
-    """The head named by a backbone config (``bernoulli`` or ``dlm``)."""
+) -> BernoulliHead | DiscretizedLogisticMixtureHead | CategoricalHead:
+    """The head named by a backbone config (``bernoulli``, ``dlm`` or ``categorical``)."""
     if likelihood == "bernoulli":
         return BernoulliHead(channels)
     if likelihood == "dlm":
         return DiscretizedLogisticMixtureHead(channels, components)
-    raise ValueError(f"unknown likelihood {likelihood!r}; allowed: bernoulli, dlm")
+    if likelihood == "categorical":
+        return CategoricalHead(channels)
+    raise ValueError(f"unknown likelihood {likelihood!r}; allowed: bernoulli, dlm, categorical")
 
 
 def head_input(
@@ -145,11 +201,12 @@ def head_input(
     generators: Sequence[torch.Generator] | None,
 ) -> torch.Tensor:
     """uint8 (B, C, H, W) images as a head models them: binarised with probability x/255 for ``bernoulli``
-    (per-example draws from ``generators``, or the global RNG in training), rescaled to [-1, 1] for ``dlm``."""
+    (per-example draws from ``generators``, or the global RNG in training), rescaled to [-1, 1]
+    (``level * 2/255 - 1``) for the 8-bit heads ``dlm`` and ``categorical``."""
     if images.dtype != torch.uint8 or tuple(images.shape[1:]) != tuple(input_shape):
         raise ValueError(f"expected uint8 images of shape (B, {tuple(input_shape)}), got {images.dtype} "
                          f"{tuple(images.shape)}")
-    if likelihood == "dlm":
+    if likelihood in ("dlm", "categorical"):
         return images.float() * (2.0 / 255.0) - 1.0
     if generators is None:
         u = torch.rand(images.shape, device=images.device)
