@@ -13,6 +13,8 @@ from ood_bench.metrics import (
     compute_metrics,
     fpr_at_tpr,
 )
+from ood_bench.metrics.ood import fpr80_ood_pos, fpr95_ood_pos
+from sklearn.metrics import roc_curve
 
 ALL = list(METRICS)
 
@@ -28,34 +30,35 @@ ALL = list(METRICS)
 #          AP = 1/4 * (1 + 1 + 3/4 + 4/5) = 0.8875
 #   FPR80, OOD positive: TPR steps 1/3, 2/3, 2/3, 1 -> first >= 0.8 is at >=0.3, where IDs 0.3, 0.4 are
 #          flagged: FPR = 2/4 = 0.5
+#   FPR95, OOD positive: the same threshold (>= 0.95 of 3 also needs all three): 0.5
 #   FPR80 / FPR95, ID positive: TPR steps 1/4, 2/4, 3/4, 1 -> first >= 0.8 (and >= 0.95) is at <=0.4, where
 #          OOD 0.3 is accepted as ID: FPR = 1/3
 CASE_A = (np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.3, 0.5, 0.6]))
 EXPECTED_A = {"auroc": 0.875, "auprc_out": 13 / 15, "auprc_in": 0.8875, "fpr80_ood_pos": 0.5,
-              "fpr80_id_pos": 1 / 3, "fpr95_id_pos": 1 / 3}
+              "fpr80_id_pos": 1 / 3, "fpr95_ood_pos": 0.5, "fpr95_id_pos": 1 / 3}
 
 # Case B: no ties; 80 % of 5 ID examples is exactly 4, so the TPR >= 0.8 boundary is hit exactly.
 #   AUROC: ood 4.5 beats 4 ids, 6 and 7 beat all 5 -> 14/15
 #   AUPRC_out: >=7 P=1 R=1/3; >=6 P=1 R=2/3; >=5 no step; >=4.5 TP=3 FP=1 P=3/4 R=1 -> 2/3 + 1/4 = 11/12
 #   AUPRC_in: ids 1..4 each P=1 (R 1/5 .. 4/5); then 4.5 is OOD; at <=5 TP=5 FP=1 P=5/6 R=1
 #          -> (4 + 5/6)/5 = 29/30
-#   FPR80, OOD positive: all 3 OOD needed (2/3 < 0.8) -> threshold 4.5, ID 5 flagged: 1/5
+#   FPR80 and FPR95, OOD positive: all 3 OOD needed (2/3 < 0.8) -> threshold 4.5, ID 5 flagged: 1/5
 #   FPR80, ID positive: 4 IDs accepted at <=4, no OOD <= 4: 0
 #   FPR95, ID positive: all 5 IDs needed -> <=5 accepts OOD 4.5: 1/3
 CASE_B = (np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([4.5, 6.0, 7.0]))
 EXPECTED_B = {"auroc": 14 / 15, "auprc_out": 11 / 12, "auprc_in": 29 / 30, "fpr80_ood_pos": 0.2,
-              "fpr80_id_pos": 0.0, "fpr95_id_pos": 1 / 3}
+              "fpr80_id_pos": 0.0, "fpr95_ood_pos": 0.2, "fpr95_id_pos": 1 / 3}
 
 # Case C: heavy ties at 1.0 (two IDs, three OODs).
 #   AUROC: each ood 1.0 beats ids 0, 0 and ties 1, 1 -> 2 + 0.5*2 = 3; ood 2.0 beats all 4
 #          -> (9 + 4)/16 = 0.8125
 #   AUPRC_out: >=2 P=1 R=1/4; >=1 TP=4 FP=2 P=4/6 R=1 -> 1/4 + 3/4*2/3 = 0.75
 #   AUPRC_in: <=0 P=1 R=2/4; <=1 TP=4 FP=3 P=4/7 R=1 -> 1/2 + 1/2*4/7 = 11/14
-#   FPR80, OOD positive: TPR 1/4 then 1 -> at >=1 the tied IDs are flagged too: 2/4
+#   FPR80 and FPR95, OOD positive: TPR 1/4 then 1 -> at >=1 the tied IDs are flagged too: 2/4
 #   FPR80 / FPR95, ID positive: TPR 2/4 then 1 -> at <=1 three tied OODs are accepted: 3/4
 CASE_C = (np.array([0.0, 0.0, 1.0, 1.0]), np.array([1.0, 1.0, 1.0, 2.0]))
 EXPECTED_C = {"auroc": 0.8125, "auprc_out": 0.75, "auprc_in": 11 / 14, "fpr80_ood_pos": 0.5,
-              "fpr80_id_pos": 0.75, "fpr95_id_pos": 0.75}
+              "fpr80_id_pos": 0.75, "fpr95_ood_pos": 0.5, "fpr95_id_pos": 0.75}
 
 
 @pytest.mark.parametrize(("case", "expected"),
@@ -72,7 +75,7 @@ def test_every_metric_matches_hand_computed_value(case, expected):
 
 def test_metric_names_and_info_agree():
     assert list(METRICS) == ["auroc", "auprc_out", "auprc_in",
-                             "fpr80_ood_pos", "fpr80_id_pos", "fpr95_id_pos"]
+                             "fpr80_ood_pos", "fpr80_id_pos", "fpr95_ood_pos", "fpr95_id_pos"]
     assert set(METRIC_INFO) == set(METRICS) == set(HIGHER_IS_BETTER)
     for name, info in METRIC_INFO.items():
         assert ("higher is better" in info) == HIGHER_IS_BETTER[name]
@@ -93,6 +96,19 @@ def test_fpr_at_tpr_generic_matches_named_metrics():
         fpr_at_tpr(s_id, s_ood, 0.0, "id")
 
 
+def test_collinear_roc_points_fpr_is_exact_where_drop_intermediate_is_not():
+    # OOD [10..1], ID [9..0], OOD positive. Threshold 3 catches 8 of 10 OOD and flags IDs 9..3: FPR80 = 0.7.
+    # Catching 95 % needs all 10 OOD (threshold 1), flagging IDs 9..1: FPR95 = 0.9.
+    s_ood, s_id = np.arange(10.0, 0.0, -1.0), np.arange(9.0, -1.0, -1.0)
+    assert fpr80_ood_pos(s_id, s_ood) == pytest.approx(0.7, abs=1e-12)
+    assert fpr95_ood_pos(s_id, s_ood) == pytest.approx(0.9, abs=1e-12)
+    # hvae-oodd's reading: sklearn's default drop_intermediate=True removes the collinear points, and the
+    # first point with TPR >= 0.8 left is (0.9, 1.0)
+    labels = np.r_[np.ones(10), np.zeros(10)]
+    fpr, tpr, _ = roc_curve(labels, np.r_[s_ood, s_id])
+    assert fpr[np.argmax(tpr >= 0.8)] == pytest.approx(0.9)
+
+
 def test_extremes():
     same = np.zeros(5)
     assert compute_metrics(same, same, ["auroc"])["auroc"] == 0.5
@@ -101,7 +117,7 @@ def test_extremes():
                                                                                "fpr95_id_pos": 1.0}
     perfect = compute_metrics(np.arange(5.0), np.arange(5.0) + 10, ALL)
     assert perfect == {"auroc": 1.0, "auprc_out": 1.0, "auprc_in": 1.0, "fpr80_ood_pos": 0.0,
-                       "fpr80_id_pos": 0.0, "fpr95_id_pos": 0.0}
+                       "fpr80_id_pos": 0.0, "fpr95_ood_pos": 0.0, "fpr95_id_pos": 0.0}
     reversed_ = compute_metrics(np.arange(5.0) + 10, np.arange(5.0), ["auroc", "fpr80_ood_pos"])
     assert reversed_ == {"auroc": 0.0, "fpr80_ood_pos": 1.0}
 

@@ -95,6 +95,11 @@ def fpr80_id_pos(s_id: np.ndarray, s_ood: np.ndarray) -> float:
     return fpr_at_tpr(s_id, s_ood, 0.80, "id")
 
 
+def fpr95_ood_pos(s_id: np.ndarray, s_ood: np.ndarray) -> float:
+    """FPR at 95 % TPR, OOD positive: fraction of ID flagged OOD when 95 % of OOD are caught."""
+    return fpr_at_tpr(s_id, s_ood, 0.95, "ood")
+
+
 def fpr95_id_pos(s_id: np.ndarray, s_ood: np.ndarray) -> float:
     """FPR at 95 % TPR, ID positive: fraction of OOD accepted as ID when 95 % of ID are accepted."""
     return fpr_at_tpr(s_id, s_ood, 0.95, "id")
@@ -106,6 +111,7 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "auprc_in": auprc_in,
     "fpr80_ood_pos": fpr80_ood_pos,
     "fpr80_id_pos": fpr80_id_pos,
+    "fpr95_ood_pos": fpr95_ood_pos,
     "fpr95_id_pos": fpr95_id_pos,
 }
 
@@ -115,6 +121,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "auprc_in": True,
     "fpr80_ood_pos": False,
     "fpr80_id_pos": False,
+    "fpr95_ood_pos": False,
     "fpr95_id_pos": False,
 }
 
@@ -127,6 +134,8 @@ METRIC_INFO: dict[str, str] = {
                      "(seeds 000/001, hvae-oodd); lower is better",
     "fpr80_id_pos": "fraction of OOD accepted as ID when 80% of ID are accepted, ID positive (seed 003); "
                     "lower is better",
+    "fpr95_ood_pos": "fraction of ID flagged OOD when 95% of OOD are caught, OOD positive "
+                     "(pytorch-ood's and OpenOOD's FPR@95); lower is better",
     "fpr95_id_pos": "fraction of OOD accepted as ID when 95% of ID are accepted, ID positive "
                     "(Hendrycks/ODIN line); lower is better",
 }
