@@ -1,8 +1,9 @@
 """Small pure readers for the file formats the datasets ship in.
 
 Each reader takes a local path and returns numpy arrays at the source's native resolution; resizing and
-cropping happen elsewhere. torchvision cannot be used in this project, so the IDX (MNIST family) and
-NORB binary-matrix readers are written out here; both formats are a short header followed by raw data.
+cropping happen elsewhere. torchvision cannot be used in this project, so the IDX (MNIST family, also
+inside EMNIST's zip) and NORB binary-matrix readers are written out here; both formats are a short header
+followed by raw data.
 """
 
 from __future__ import annotations
@@ -34,26 +35,63 @@ def _open_maybe_gzip(path: Path):
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into an array of its declared shape and type."""
-    with _open_maybe_gzip(path) as f:
-        data = f.read()
+def parse_idx(data: bytes, where: str = "data") -> np.ndarray:
+    """Decode the (uncompressed) bytes of an IDX file; ``where`` names the source in error messages."""
     zero, type_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or type_code not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file (header {data[:4].hex()})")
+        raise ValueError(f"{where} is not an IDX file (header {data[:4].hex()})")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     array = np.frombuffer(data, dtype=_IDX_TYPES[type_code], offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} but holds {array.size} values")
+        raise ValueError(f"{where}: header says {shape} but holds {array.size} values")
     return array.reshape(shape).astype(array.dtype.newbyteorder("="))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into an array of its declared shape and type."""
+    with _open_maybe_gzip(path) as f:
+        return parse_idx(f.read(), str(path))
+
+
+def _idx_images(images: np.ndarray, where: str) -> np.ndarray:
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"{where}: expected uint8 (N, H, W) images, got {images.dtype} {images.shape}")
+    return images[:, None]
 
 
 def read_idx_images(path: Path) -> np.ndarray:
     """An IDX image file (N, H, W) as uint8 (N, 1, H, W)."""
-    images = read_idx(path)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{path}: expected uint8 (N, H, W) images, got {images.dtype} {images.shape}")
-    return images[:, None]
+    return _idx_images(read_idx(path), str(path))
+
+
+def read_zipped_idx(zip_path: Path, member: str) -> np.ndarray:
+    """One gzipped IDX member of a zip, decompressed as a stream in memory (nothing is extracted to disk)."""
+    with zipfile.ZipFile(zip_path) as archive:
+        try:
+            info = archive.getinfo(member)
+        except KeyError:
+            raise ValueError(f"{zip_path} has no member {member!r}") from None
+        with archive.open(info) as stream, gzip.GzipFile(fileobj=stream) as f:
+            return parse_idx(f.read(), f"{zip_path}:{member}")
+
+
+# --- EMNIST (IDX files inside NIST's gzip.zip) ----------------------------------------------------------
+def emnist_member(split_name: str, part: str, kind: str = "images") -> str:
+    """The path inside NIST's ``gzip.zip`` of one EMNIST file, e.g. ("letters", "train") ->
+    ``gzip/emnist-letters-train-images-idx3-ubyte.gz``; ``kind`` "labels" names the idx1 label file."""
+    suffix = "images-idx3-ubyte.gz" if kind == "images" else "labels-idx1-ubyte.gz"
+    return f"gzip/emnist-{split_name}-{part}-{suffix}"
+
+
+def read_emnist_images(zip_path: Path, split_name: str, part: str) -> np.ndarray:
+    """EMNIST images of one split ("letters", "digits", ...) and part ("train"/"test") as uint8 (N, 1, H, W).
+
+    EMNIST stores each image transposed (column-major) relative to MNIST; the images are transposed back so
+    that characters stand upright, white strokes on black like MNIST digits.
+    """
+    member = emnist_member(split_name, part)
+    images = _idx_images(read_zipped_idx(zip_path, member), f"{zip_path}:{member}")
+    return np.ascontiguousarray(images.transpose(0, 1, 3, 2))
 
 
 # --- NORB binary matrix (SmallNORB "*.mat", which is not a MATLAB file) -----------------------------------
