@@ -13,6 +13,7 @@ from ood_bench.detectors.regret import LikelihoodRegret, regret_reference_loop
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import example_generators
 from ood_bench.registry import registry
+from torch import nn
 
 TINY = {"channels": [4, 8], "hidden": 16, "latent_dim": 3}
 
@@ -133,10 +134,26 @@ def test_rose_vmap_gradients_equal_per_example_backward():
     model = _model()
     x = model.prepare(torch.from_numpy(_images(6, (1, 12, 12))), None)
     fast, slow = rose.per_example_gradients(model, x), rose.per_example_gradients_loop(model, x)
-    assert list(fast) == ["encoder.0", "encoder.2"]
+    assert list(fast) == list(rose.encoder_layers(model))
     for name in fast:
         assert fast[name].shape == (6, *slow[name].shape[1:])
         torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_rose_layer_set_covers_every_encoder_parameter(hidden):
+    # Every Conv2d and Linear of the encoder, the mean / log-variance head included, and nothing else:
+    # together their weights and biases are all of the encoder's parameters.
+    model = _model(hidden=hidden)
+    layers = rose.encoder_layers(model)
+    expected = [f"encoder.{n}" for n, m in model.encoder.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert list(layers) == expected
+    assert sum(isinstance(m, nn.Linear) for m in layers.values()) == (2 if hidden else 1)
+    covered = sum(p.numel() for m in layers.values() for p in m.parameters())
+    assert covered == sum(p.numel() for p in model.encoder.parameters())
+    x = model.prepare(torch.from_numpy(_images(3, (1, 12, 12))), None)
+    grads = rose.per_example_gradients(model, x)
+    assert sum(g[0].numel() for g in grads.values()) == covered
 
 
 def test_rose_kronecker_inputs_reproduce_the_per_example_gradient():
@@ -154,10 +171,13 @@ def test_rose_scores_are_finite_batch_size_invariant_and_normalised(precondition
     model = _model()
     fit = _fit_set()
     det = rose.Rose(preconditioner=preconditioner, n_fit=50).fit(model, fit)
-    # Sigma is the mean squared (rotated) gradient of the fit examples, so their mean layer score is the
-    # number of gradient entries (minus any below the 1e-8 floor).
-    sizes = torch.tensor([4 * 17, 8 * 65], dtype=torch.float64)
-    assert ((det.stats_["mu"] <= sizes + 1e-6) & (det.stats_["mu"] > 0.9 * sizes)).all()
+    # Sigma is the mean squared (rotated) gradient of the fit examples, so their mean layer score is
+    # sum(sigma / max(sigma, 1e-8)): one per gradient entry, less for entries below the floor (dead units).
+    expected = torch.stack([(sig / sig.clamp(min=rose.EPS)).sum() for sig in
+                            (det.stats_[f"{n}.sigma"] for n in det.stats_["layers"])])
+    torch.testing.assert_close(det.stats_["mu"], expected, rtol=1e-6, atol=1e-6)
+    sizes = [m.weight.numel() + m.bias.numel() for m in rose.encoder_layers(model).values()]
+    assert [det.stats_[f"{n}.sigma"].numel() for n in det.stats_["layers"]] == sizes
     images = _images(9, (1, 12, 12))
     whole = det.score(_batch(images, np.arange(9)))["rose"]
     parts = np.concatenate([det.score(_batch(images, idx))["rose"] for idx in (np.arange(4), np.arange(4, 9))])

@@ -1,8 +1,10 @@
 """ROSE (Choi, Yoon, Bae & Kang; seed 003 §4, App. A; spec §7): Fisher-preconditioned gradient norms.
 
-For each encoder convolution l, ``g_l(x)`` is the gradient of the single-example negative ELBO
-(reconstruction NLL at z = mu plus analytic KL, so it is deterministic) w.r.t. the layer's weight and
-bias. The layer score is ``s_l = g_l^T F_l^{-1} g_l`` (seed 003 eq. 5) with F_l the empirical Fisher of
+For each parameterised encoder layer l (every convolution and every dense layer, the mean / log-variance
+head included, as the reference fits every layer of its all-convolutional encoder), ``g_l(x)`` is the
+gradient of the single-example negative ELBO (reconstruction NLL at z = mu plus analytic KL, so it is
+deterministic) w.r.t. the layer's weight and bias. The layer score is ``s_l = g_l^T F_l^{-1} g_l``
+(seed 003 eq. 5) with F_l the empirical Fisher of
 layer l on ``n_fit`` in-distribution training examples, approximated
 
 * ``diag``: ``F_l = diag(E[g_l^2])`` (floored at 1e-8);
@@ -56,15 +58,25 @@ FITS_COMPUTED = 0
 _MEMORY: dict[str, dict[str, Any]] = {}
 
 
-def encoder_convs(model: ConvVAE) -> dict[str, nn.Conv2d]:
-    """The encoder's convolutions by parameter-name prefix (e.g. ``encoder.0``)."""
-    return {f"encoder.{n}": m for n, m in model.encoder.named_children() if isinstance(m, nn.Conv2d)}
+def encoder_layers(model: ConvVAE) -> dict[str, nn.Conv2d | nn.Linear]:
+    """Every parameterised layer of the encoder (its convolutions and dense layers, the mean / log-variance
+    head included) by parameter-name prefix (e.g. ``encoder.0``). Any other parameterised module is refused,
+    so no encoder parameter can silently fall outside the fit."""
+    layers: dict[str, nn.Conv2d | nn.Linear] = {}
+    for n, m in model.encoder.named_children():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if m.bias is None:
+                raise ValueError(f"rose: encoder layer {n} has no bias; the fit assumes one")
+            layers[f"encoder.{n}"] = m
+        elif any(True for _ in m.parameters()):
+            raise ValueError(f"rose: encoder layer {n} ({type(m).__name__}) is neither Conv2d nor Linear")
+    return layers
 
 
 def single_example_loss(model: ConvVAE, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Negative ELBO of one prepared example (C, H, W) with z = mu, under replacement ``params``."""
     mean, logvar = _posterior(model, params, x.unsqueeze(0))
-    return (-model.log_px(model.decode(mean), x.unsqueeze(0)) + model.kl_analytic(mean, logvar).sum(1)).sum()
+    return model.negative_elbo(x.unsqueeze(0), mean, logvar).sum()
 
 
 def _posterior(model: ConvVAE, params: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,8 +86,9 @@ def _posterior(model: ConvVAE, params: dict[str, torch.Tensor], x: torch.Tensor)
 
 
 def per_example_gradients(model: ConvVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{layer: G (B, out, in*k*k + 1)}``: per-example gradients of every encoder conv, bias last."""
-    convs = encoder_convs(model)
+    """``{layer: G (B, out, in*k*k + 1)}``: per-example gradients of every encoder layer, bias last
+    (k = 1 for a dense layer)."""
+    convs = encoder_layers(model)
     params = {f"{n}.{p}": getattr(m, p).detach() for n, m in convs.items() for p in ("weight", "bias")}
     with torch.no_grad():
         grads = vmap(grad(lambda p, xi: single_example_loss(model, p, xi)), in_dims=(None, 0))(params, x)
@@ -89,12 +102,12 @@ def per_example_gradients_loop(model: ConvVAE, x: torch.Tensor) -> dict[str, tor
 
 
 def _per_example_gradients_loop(model: ConvVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    convs = encoder_convs(model)
+    convs = encoder_layers(model)
     out: dict[str, list[torch.Tensor]] = {n: [] for n in convs}
     for i in range(x.shape[0]):
         xi = x[i : i + 1]
         mean, logvar = model.posterior(xi)
-        loss = (-model.log_px(model.decode(mean), xi) + model.kl_analytic(mean, logvar).sum(1)).sum()
+        loss = model.negative_elbo(xi, mean, logvar).sum()
         leaves = [t for m in convs.values() for t in (m.weight, m.bias)]
         gs = torch.autograd.grad(loss, leaves)
         for j, n in enumerate(convs):
@@ -103,13 +116,14 @@ def _per_example_gradients_loop(model: ConvVAE, x: torch.Tensor) -> dict[str, to
 
 
 def layer_activations(model: ConvVAE, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per encoder conv: (inputs a (B, L, in*k*k + 1) as unfolded patches with a constant 1 last, output
-    gradients d (B, L, out)) at the L spatial locations, for the summed per-example losses.
+    """Per encoder layer: (inputs a (B, L, in*k*k + 1) as unfolded patches with a constant 1 last, output
+    gradients d (B, L, out)) at the L spatial locations, for the summed per-example losses. A dense layer
+    is the one-location case (L = 1, its input vector as the patch).
 
     The loss is a sum of per-example losses and nothing couples examples, so d of example i is that
     example's own, and ``sum_t d_t a_t^T`` is its per-example gradient G.
     """
-    convs = encoder_convs(model)
+    convs = encoder_layers(model)
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
     hooks = []
@@ -121,21 +135,24 @@ def layer_activations(model: ConvVAE, x: torch.Tensor) -> dict[str, tuple[torch.
     try:
         with torch.enable_grad():
             mean, logvar = model.posterior(x)
-            loss = (-model.log_px(model.decode(mean), x) + model.kl_analytic(mean, logvar).sum(1)).sum()
+            loss = model.negative_elbo(x, mean, logvar).sum()
             out_grads = torch.autograd.grad(loss, [outputs[n] for n in convs])
     finally:
         for h in hooks:
             h.remove()
     result = {}
     for (n, m), d in zip(convs.items(), out_grads, strict=True):
-        patches = F.unfold(inputs[n], m.kernel_size, padding=m.padding, stride=m.stride)  # (B, in*k*k, L)
+        if isinstance(m, nn.Linear):
+            patches, d = inputs[n].unsqueeze(2), d.unsqueeze(2)  # (B, in, 1), (B, out, 1)
+        else:
+            patches = F.unfold(inputs[n], m.kernel_size, padding=m.padding, stride=m.stride)  # (B, in*k*k, L)
         a = torch.cat([patches, patches.new_ones(patches.shape[0], 1, patches.shape[2])], dim=1)
         result[n] = (a.transpose(1, 2), d.flatten(2).transpose(1, 2))
     return result
 
 
 def kronecker_factors(model: ConvVAE, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
-    """Per conv layer, in float64: (sum of a a^T, sum of d d^T, number of (example, location) pairs)."""
+    """Per encoder layer, in float64: (sum of a a^T, sum of d d^T, number of (example, location) pairs)."""
     stats = {}
     for n, (a, d) in layer_activations(model, x).items():
         a = a.reshape(-1, a.shape[2]).double()
@@ -162,7 +179,7 @@ class Rose(Detector):
     """
 
     name = "rose"
-    version = "2"
+    version = "3"
     requires_backbone: ClassVar[type] = ConvVAE
 
     def __init__(self, preconditioner: str = "ekfac", n_fit: int = 1000, aggregation: str = "max",
