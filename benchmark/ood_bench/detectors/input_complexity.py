@@ -3,14 +3,26 @@
 ``S(x) = bpd_M(x) - L_c(x)`` with ``bpd_M = -log p_M(x) / (D ln 2)`` the model's negative log-likelihood
 (the IWAE bound with ``iwae_samples`` samples, or the single-sample ELBO for 1: the estimates the
 ``likelihood`` detector memoises, so each is computed once per example) and
-``L_c(x) = 8 |C(x)| / D`` the length in bits/dim of the lossless encoding ``C(x)`` of the uint8 image the
-model sees (for a Bernoulli backbone: its fixed binarisation, as 0/255), ``D = C·H·W``. Higher = more OOD.
-Both terms are in bits/dim, unlike the Likelihood-Regret reference code, which subtracts PNG bits from
-nats (spec §10 pitfalls); that mix is deliberately not reproduced.
+``L_c(x) = 8 |C(x)| / D`` the length in bits/dim of the lossless encoding ``C(x)`` of exactly the object the
+model codes, ``D = C·H·W``. Higher = more OOD.
 
-Compressors: ``png`` (Pillow, ``optimize=True``, ``compress_level=9``) and ``jp2`` (lossless JPEG 2000
-through Pillow's OpenJPEG: reversible 5/3 wavelet, raw codestream). Every encoding is decoded again and
-checked equal to the input, so a lossy setting can never slip in. **Header bytes are included**, as a
+* A 256-level backbone (``dlm``, ``categorical``) codes the uint8 image: the compressor sees the uint8 image.
+* A Bernoulli backbone codes its fixed binarisation, one bit per sub-pixel: the compressor sees that **1-bit**
+  image. Compressing it as 0/255 grey (as this detector did before version 2) measures 8-bit code lengths
+  against a model of at most ~1 bit/pixel; uniform noise then scored AUROC 0.00 (spec §0a).
+
+Compressors: ``png`` (Pillow, ``optimize=True``, ``compress_level=9``; a binarised image is written as a PNG of
+bit depth 1, eight pixels a byte before filtering and deflate, the standard lossless binary format Pillow
+writes) and ``jp2`` (lossless JPEG 2000 through Pillow's OpenJPEG: reversible 5/3 wavelet, raw codestream; a
+binarised image is written as 8-bit grey holding 0/1, whose seven empty upper bit-planes EBCOT skips per
+code-block, so one bit-plane is coded: OpenJPEG through Pillow cannot write a 1-bit component). Every
+encoding is decoded again and checked equal to the input, so a lossy setting can never slip in.
+
+``units``: ``bits_per_dim`` (default) puts both terms in bits/dim. ``reference_mix`` reproduces the
+Likelihood-Regret reference code's ``test_inputcomplexity.py`` (the IC numbers of seed 003): the model's
+negative log-likelihood in **nats** minus the compressed length in **bits**, both per image; it is reported
+divided by D (a constant, so rankings are the reference's). It re-weights the two terms by ln 2, which is what
+makes IC(png) fail on noise in seed 003 (docs/reproduction.md). **Header bytes are included**, as a
 real compressor writes them: PNG's signature and IHDR/IEND chunks (~57 bytes) and the J2K main header
 (~80-100 bytes). On a 28×28×1 image that is a constant of about 0.6-1 bit/dim, which is why a constant
 image does not reach 0; it shifts every example of one resolution alike (harmless within a suite) but makes
@@ -29,15 +41,19 @@ from PIL import Image, features
 from ood_bench.detectors import estimators
 from ood_bench.detectors.base import Batch, Detector, whole_number
 from ood_bench.errors import UserError
-from ood_bench.numerics import bits_per_dim
+from ood_bench.numerics import LN2, bits_per_dim
 
 COMPRESSORS = ("png", "jp2")
+UNITS = ("bits_per_dim", "reference_mix")
 
 
-def _to_pil(image: np.ndarray) -> Image.Image:
-    """uint8 (C, H, W) with C in (1, 3) -> a Pillow image (L or RGB)."""
+def _to_pil(image: np.ndarray, compressor: str) -> Image.Image:
+    """uint8 (C, H, W) with C in (1, 3), or bool (1, H, W) -> a Pillow image (L, RGB, or 1 for png)."""
+    if image.dtype == np.bool_ and image.ndim == 3 and image.shape[0] == 1:
+        return Image.fromarray(image[0]) if compressor == "png" else Image.fromarray(image[0].astype(np.uint8))
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"expected a uint8 (C, H, W) image with C in (1, 3), got {image.dtype} {image.shape}")
+        raise ValueError("expected a uint8 (C, H, W) image with C in (1, 3) or a bool (1, H, W) image, got "
+                         f"{image.dtype} {image.shape}")
     return Image.fromarray(image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0)))
 
 
@@ -53,7 +69,8 @@ def _encode(pil: Image.Image, compressor: str) -> bytes:
 
 
 def compressed_bits_per_dim(image: np.ndarray, compressor: str) -> float:
-    """``8 · bytes / (C·H·W)`` of the lossless encoding of one uint8 (C, H, W) image, headers included.
+    """``8 · bytes / (C·H·W)`` of the lossless encoding of one uint8 (C, H, W) image, or of one bool (1, H, W)
+    image coded at one bit per pixel, headers included.
 
     The encoding is decoded again and must equal ``image`` exactly (lossless round trip).
     """
@@ -62,7 +79,7 @@ def compressed_bits_per_dim(image: np.ndarray, compressor: str) -> float:
                         "Pillow build lacks (PIL.features.check('jpg_2000') is False). Install a Pillow wheel "
                         "built with OpenJPEG (the PyPI wheels are), or drop 'jp2' from the detector's "
                         "'compressors' parameter.")
-    pil = _to_pil(image)
+    pil = _to_pil(image, compressor)
     data = _encode(pil, compressor)
     decoded = np.asarray(Image.open(io.BytesIO(data)))
     if not np.array_equal(decoded, np.asarray(pil)):
@@ -80,12 +97,18 @@ class InputComplexity(Detector):
         detector's ``elbo_bpd``, shared with it).
     compressors:
         Which compressors to report: any of ``png``, ``jp2``.
+    units:
+        ``bits_per_dim`` (both terms in bits/dim) or ``reference_mix`` (nats minus bits, the reference code's).
     """
 
     name = "input_complexity"
-    version = "1"
+    version = "2"
 
-    def __init__(self, iwae_samples: int = 16, compressors: tuple[str, ...] | list[str] = COMPRESSORS):
+    def __init__(self, iwae_samples: int = 16, compressors: tuple[str, ...] | list[str] = COMPRESSORS,
+                 units: str = "bits_per_dim"):
+        if units not in UNITS:
+            raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
+        self.units = units
         self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
         compressors = tuple(compressors)
         bad = [c for c in compressors if c not in COMPRESSORS]
@@ -100,15 +123,17 @@ class InputComplexity(Detector):
         model = self.backbone_
         x = self._model_input(batch)
         dims = math.prod(model.input_shape)
-        bpd = bits_per_dim(estimators.log_likelihood(model, batch, x, self.iwae_samples), dims)
+        model_term = bits_per_dim(estimators.log_likelihood(model, batch, x, self.iwae_samples), dims)
+        if self.units == "reference_mix":
+            model_term = model_term * LN2  # nats per dim
         seen = seen_images(model, x, batch.images)
-        return {f"ic_{c}": bpd - np.array([compressed_bits_per_dim(im, c) for im in seen], dtype=np.float64)
+        return {f"ic_{c}": model_term - np.array([compressed_bits_per_dim(im, c) for im in seen], dtype=np.float64)
                 for c in self.compressors}
 
 
 def seen_images(model: torch.nn.Module, x: torch.Tensor, images: torch.Tensor) -> np.ndarray:
-    """The uint8 images the backbone actually models: binarised ones (0/255) for a Bernoulli likelihood,
-    the raw pixels otherwise (categorical / discretised-logistic heads model the 8-bit values)."""
+    """The images the backbone actually models: the fixed binarisation as bool (one bit per sub-pixel) for a
+    Bernoulli likelihood, the raw uint8 pixels otherwise (8-bit heads model the 256 levels)."""
     if getattr(model, "likelihood", None) == "bernoulli":
-        return (x.detach().cpu().numpy() > 0.5).astype(np.uint8) * 255
+        return x.detach().cpu().numpy() > 0.5
     return images.cpu().numpy()
