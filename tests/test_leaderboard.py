@@ -7,7 +7,7 @@ import io
 import pandas as pd
 import pytest
 from ood_bench.errors import UserError
-from ood_bench.report import compare_runs, leaderboard_table, print_comparison, write_leaderboard
+from ood_bench.report import compare_runs, leaderboard_table, marks, print_comparison, write_leaderboard
 from ood_bench.report.compare import delta_column
 from ood_bench.report.leaderboard import read_summary_csv, summarize_records
 from rich.console import Console
@@ -149,3 +149,25 @@ def test_oracle_without_auroc_picks_each_metrics_own_best():
     # Lower FPR is better: k=1 on mnist (0.05 < 0.15) and on the sanity set (0.80 < 0.85).
     assert table.loc[ORACLE, ("mnist", "fpr80_ood_pos")] == "0.050 ± 0.000 (k=1)"
     assert table.loc[ORACLE, (SANITY, "fpr80_ood_pos")] == "0.800 ± 0.000 (k=1)"
+
+
+def test_cell_marks_flag_same_domain_and_binarised_cells_and_explain_them():
+    # The plan-side rule: same source dataset as the backbone's auxiliary set; constant under a Bernoulli head.
+    sets = {"fashionmnist": "fashionmnist", "omniglot": "omniglot", "omniglot-inverted": "omniglot",
+            "constant": "constant", "mnist": "mnist"}
+    assert marks.cell_marks(sets, "omniglot", "bernoulli") == {
+        "omniglot": [marks.SAME_DOMAIN], "omniglot-inverted": [marks.SAME_DOMAIN], "constant": [marks.BINARISED]}
+    assert marks.cell_marks(sets, None, "dlm") == {}
+    # The table side: the symbol follows the value in the marked cells only, and a footnote explains it.
+    records = make_records()
+    records["marks"] = ""
+    records.loc[(records["detector"] == "ns") & (records["ood_set"] == "mnist"), "marks"] = marks.SAME_DOMAIN
+    table = leaderboard_table(records)
+    assert table.loc[("ns †aux", "vae", "elbo_bpd", ""), ("mnist", "auroc")] == "0.800 ‡"
+    assert table.loc[("ns †aux", "vae", "elbo_bpd", ""), (SANITY, "auroc")] == "0.800"
+    assert table.loc[("llr", "hvae", "llr_k1", "S=1"), ("mnist", "auroc")] == "0.910 ± 0.014"
+    assert marks.NOTES[marks.SAME_DOMAIN] in table.attrs["marker_notes"]
+    assert marks.NOTES[marks.BINARISED] not in table.attrs["marker_notes"]
+    # records without the column (older runs) still build a table, unmarked
+    assert leaderboard_table(make_records()).attrs["marker_notes"] == leaderboard_table(
+        make_records().assign(marks="")).attrs["marker_notes"]

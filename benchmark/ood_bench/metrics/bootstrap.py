@@ -92,6 +92,7 @@ _METHODS = {
     "auprc_in": lambda b: b.average_precision(ood_positive=False),
     "fpr80_ood_pos": lambda b: b.fpr_ood_positive(0.80),
     "fpr80_id_pos": lambda b: b.fpr_id_positive(0.80),
+    "fpr95_ood_pos": lambda b: b.fpr_ood_positive(0.95),
     "fpr95_id_pos": lambda b: b.fpr_id_positive(0.95),
 }
 

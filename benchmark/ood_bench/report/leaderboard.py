@@ -18,12 +18,15 @@ from rich.table import Table
 from tabulate import tabulate
 
 from ood_bench.metrics import HIGHER_IS_BETTER, METRIC_INFO, check_metric_names
+from ood_bench.report import marks
 
 RECORD_COLUMNS = ["detector", "backbone", "output", "params", "uses_auxiliary_data", "seed", "ood_set",
                   "metric", "value"]
+OPTIONAL_COLUMNS = {"marks": ""}
+"""Record columns that older runs' records may lack, with their default."""
 ROW_KEY = ["detector", "backbone", "output", "params"]
 SUMMARY_COLUMNS = [*ROW_KEY, "uses_auxiliary_data", "ood_set", "metric", "mean", "std", "n_seeds",
-                   "oracle_choice"]
+                   "oracle_choice", "marks"]
 AUX_MARK = "†aux"
 SANITY_SUFFIX = "(sanity)"
 MISSING_CELL = "missing"
@@ -42,6 +45,8 @@ def _normalised(records: pd.DataFrame) -> pd.DataFrame:
     if absent:
         raise ValueError(f"records lack column(s) {absent}; expected {RECORD_COLUMNS}")
     out = records[RECORD_COLUMNS].copy()
+    for column, default in OPTIONAL_COLUMNS.items():
+        out[column] = records[column].fillna(default).astype(str) if column in records else default
     out["params"] = out["params"].fillna("").astype(str)
     out["uses_auxiliary_data"] = out["uses_auxiliary_data"].astype(bool)
     out["value"] = out["value"].astype(float)
@@ -95,6 +100,9 @@ def summarize_records(records: pd.DataFrame, metrics: Sequence[str] | None = Non
     summary = grouped["value"].agg(mean="mean", std="std", n_seeds="count").reset_index()
     aux = recs.groupby(ROW_KEY, sort=False)["uses_auxiliary_data"].any().rename("uses_auxiliary_data")
     summary = summary.join(aux, on=ROW_KEY)
+    cell_marks = recs.groupby([*ROW_KEY, "ood_set"], sort=False)["marks"].agg(
+        lambda v: marks.encode(m for field in v for m in marks.decode(field))).rename("marks")
+    summary = summary.join(cell_marks, on=[*ROW_KEY, "ood_set"])
     summary["n_seeds"] = summary["n_seeds"].astype(int)
     summary["oracle_choice"] = ""
     summary = summary[SUMMARY_COLUMNS]
@@ -119,12 +127,13 @@ def summarize_records(records: pd.DataFrame, metrics: Sequence[str] | None = Non
     return summary
 
 
-def _cell(mean: float, std: float, n_seeds: int, oracle_choice: str) -> str:
+def _cell(mean: float, std: float, n_seeds: int, oracle_choice: str, cell_marks: str = "") -> str:
     text = f"{mean:.3f}" if n_seeds < 2 or pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
     if oracle_choice:
         k = _K_OUTPUT.match(oracle_choice)
         text += f" (k={k['k']})" if k else f" ({oracle_choice})"
-    return text
+    symbols = "".join(marks.SYMBOLS[m] for m in marks.decode(cell_marks))
+    return f"{text} {symbols}" if symbols else text
 
 
 def _column_order(ood_sets: list[str], metrics: list[str]) -> list[tuple[str, str]]:
@@ -141,6 +150,8 @@ def _marker_notes(summary: pd.DataFrame) -> list[str]:
         notes.append("`<prefix>_k* (oracle best k)`: k chosen per OOD set by the best mean AUROC on that OOD "
                      "test set itself (Havtorn et al.'s protocol); optimistic, shown for comparison with the "
                      "papers only. The chosen k is given in each cell.")
+    present = {m for field in summary["marks"] for m in marks.decode(field)}
+    notes += [marks.NOTES[m] for m in marks.SYMBOLS if m in present]
     return notes
 
 
@@ -176,7 +187,7 @@ def leaderboard_table(
     cells: dict[tuple, dict[tuple, str]] = {}
     for row in labels.itertuples(index=False):
         cells.setdefault((row.ood_set, row.metric), {})[(row.detector, row.backbone, row.output, row.params)] = (
-            _cell(row.mean, row.std, row.n_seeds, row.oracle_choice))
+            _cell(row.mean, row.std, row.n_seeds, row.oracle_choice, row.marks))
     table = pd.DataFrame(cells, dtype=object).reindex(index=index, columns=columns).astype(object).fillna(EMPTY_CELL)
     for ood_set in missing_sets:
         for metric in metric_names:
@@ -301,7 +312,7 @@ def write_leaderboard(
 
 def read_summary_csv(path: Path) -> pd.DataFrame:
     """Read leaderboard.csv back with the dtypes :func:`summarize_records` produced."""
-    text_columns = [*ROW_KEY, "ood_set", "metric", "oracle_choice"]
+    text_columns = [*ROW_KEY, "ood_set", "metric", "oracle_choice", "marks"]
     return pd.read_csv(path, dtype={**{c: str for c in text_columns}, "uses_auxiliary_data": bool,
                                     "n_seeds": int}, keep_default_na=False,
                        na_values={"mean": [""], "std": [""]})

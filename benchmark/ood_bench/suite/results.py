@@ -18,6 +18,7 @@ import pandas as pd
 from ood_bench.cache.store import ScoreStore
 from ood_bench.errors import UserError
 from ood_bench.metrics import compute_metrics
+from ood_bench.report import marks
 
 PLAN_NAME = "run.json"
 
@@ -84,6 +85,7 @@ def records_from_cache(run_dir: Path) -> pd.DataFrame:
                     "detector": ev["detector"], "backbone": ev["backbone"], "output": output,
                     "params": ev["params_str"], "uses_auxiliary_data": ev["uses_auxiliary_data"],
                     "seed": ev["seed"], "ood_set": set_label, "metric": metric, "value": value,
+                    "marks": marks.encode(ev.get("marks", {}).get(set_label, [])),
                 })
     return pd.DataFrame(rows, columns=["detector", "backbone", "output", "params", "uses_auxiliary_data",
-                                       "seed", "ood_set", "metric", "value"])
+                                       "seed", "ood_set", "metric", "value", "marks"])

@@ -30,6 +30,7 @@ from ood_bench.errors import UserError
 from ood_bench.hashing import digest
 from ood_bench.models.training import TrainedBackbone, train_or_load
 from ood_bench.registry import registry
+from ood_bench.report import marks
 from ood_bench.report.leaderboard import write_leaderboard
 from ood_bench.suite import results
 from ood_bench.suite.datasets import SuiteData, resolve
@@ -221,6 +222,7 @@ def _evaluate(
         "seed": seed,
         "backbone_checkpoint": backbone_hash,
         "keys": {},
+        "marks": _cell_marks(suite, spec.backbone, data, getattr(backbone.model, "likelihood", None)),
     }
     if len(members) > 1:
         entry["member_checkpoints"] = [m.checkpoint_hash for m in members]
@@ -245,6 +247,15 @@ def _evaluate(
     stats.wall_s[f"score {label} seed {seed}"] = time.perf_counter() - t0
     entry["outputs"] = sorted(store.get(next(iter(entry["keys"].values()))) or {})
     return entry
+
+
+def _cell_marks(suite: Suite, backbone: str, data: SuiteData, likelihood: str | None) -> dict[str, list[str]]:
+    """The caveats of this evaluation's cells (:mod:`ood_bench.report.marks`), by evaluation-set label."""
+    ref = suite.in_distribution
+    datasets = {label: ref.dataset for label, role in data.roles.items() if role in ("id", "sanity")}
+    datasets |= {ood.display_name: ood.dataset for ood in suite.ood if ood.display_name in data.eval_sets}
+    aux = suite.backbones[backbone].auxiliary
+    return marks.cell_marks(datasets, aux.dataset if aux is not None else None, likelihood)
 
 
 def _score_missing(
