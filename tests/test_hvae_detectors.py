@@ -121,9 +121,19 @@ def test_llr_ada_is_eq_11_of_the_shared_estimates(images):
     terms = [estimators.bound_terms(model, batch, x, k) for k in range(3)]
     iwae = estimators.iwae_bound(model, batch, x, 3)
     llr = [iwae - b for b, _ in terms]
-    expected = llr[0] + sum(terms[k][1] / terms[k - 1][1] * (llr[k] - llr[k - 1]) for k in (1, 2))
-    np.testing.assert_allclose(out["llr_ada"], expected, rtol=1e-10)
+    w = {k: terms[k][1] / terms[k - 1][1] for k in (1, 2)}
+    # seed 000's form (default): LLR^{>0} = 0, so llr_ada = w1 LLR^{>1} + w2 (LLR^{>2} - LLR^{>1})
+    paper = w[1] * llr[1] + w[2] * (llr[2] - llr[1])
+    np.testing.assert_allclose(out["llr_ada"], paper, rtol=1e-10)
     np.testing.assert_array_equal(out["llr_k2"], llr[2])
+    # the labelled variant keeps the IWAE gap L_S - ELBO as the k = 0 term
+    gap = AdaptiveLikelihoodRatio(iwae_samples=3, k0_term="iwae_gap").fit(model, images)
+    variant = _score(gap, images, 13, [model])["llr_ada"]
+    expected = llr[0] + w[1] * (llr[1] - llr[0]) + w[2] * (llr[2] - llr[1])
+    np.testing.assert_allclose(variant, expected, rtol=1e-10)
+    assert not np.allclose(variant, paper)
+    with pytest.raises(ValueError, match="k0_term"):
+        AdaptiveLikelihoodRatio(k0_term="one")
 
 
 def test_llr_ada_reuses_what_llr_computed(images, bound_calls):

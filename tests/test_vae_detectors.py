@@ -186,7 +186,8 @@ def test_rose_scores_are_finite_batch_size_invariant_and_normalised(precondition
 
 
 def test_ekfac_with_identity_eigenbases_is_the_diagonal_fisher():
-    # In the identity Kronecker basis the EKFAC re-estimated diagonal is E[G^2], i.e. DIAG.
+    # In the identity Kronecker basis the rotated gradients are the gradients and the EKFAC re-estimated
+    # diagonal is E[G^2], i.e. DIAG.
     model = _model()
     fit = _fit_set()
     ekfac = rose.Rose(preconditioner="ekfac", n_fit=50).fit(model, fit)
@@ -195,15 +196,23 @@ def test_ekfac_with_identity_eigenbases_is_the_diagonal_fisher():
     for name in stats["layers"]:
         stats[f"{name}.UA"] = torch.eye(stats[f"{name}.UA"].shape[0], dtype=torch.float64)
         stats[f"{name}.UB"] = torch.eye(stats[f"{name}.UB"].shape[0], dtype=torch.float64)
+        stats[f"{name}.sigma"] = diag.stats_[f"{name}.sigma"]
     x = model.prepare(torch.from_numpy(_images(7, (1, 12, 12))), None)
     grads = rose.per_example_gradients(model, x)
+    identity = ekfac._rotated_gradients(stats, model, x)
     for name in stats["layers"]:
-        stats[f"{name}.sigma"] = diag.stats_[f"{name}.sigma"]
-    torch.testing.assert_close(ekfac._layer_scores(stats, grads), diag._layer_scores(diag.stats_, grads))
-    # And the eigenbases are orthonormal, so a rotation keeps the gradient's norm.
-    g = grads["encoder.2"].double()
-    rotated = ekfac._rotate(ekfac.stats_, "encoder.2", g)
-    torch.testing.assert_close(rotated.flatten(1).norm(dim=1), g.flatten(1).norm(dim=1))
+        torch.testing.assert_close(identity[name], grads[name].double(), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(ekfac._layer_scores(stats, identity),
+                               diag._layer_scores(diag.stats_, diag._rotated_gradients(diag.stats_, model, x)))
+    # The real eigenbases are orthonormal, so a rotation keeps each gradient's norm, and it equals
+    # U_B^T G U_A computed from the full per-example gradient.
+    rotated = ekfac._rotated_gradients(ekfac.stats_, model, x)
+    for name in stats["layers"]:
+        g = grads[name].double()
+        torch.testing.assert_close(rotated[name].flatten(1).norm(dim=1), g.flatten(1).norm(dim=1),
+                                   rtol=1e-4, atol=1e-7)
+        direct = ekfac.stats_[f"{name}.UB"].T @ g @ ekfac.stats_[f"{name}.UA"]
+        torch.testing.assert_close(rotated[name], direct, rtol=1e-3, atol=1e-6)
 
 
 def test_rose_fit_is_cached_on_disk(tmp_path, monkeypatch):

@@ -10,7 +10,10 @@ Estimators (seed 000 does not spell them out; these are the harness's, spec §5)
 * ``L(x)``: the S-sample IWAE bound L_S over the full posterior (shared with ``likelihood`` and ``llr``);
 * ``L^{>k}(x)``: one pass with z_{>k} sampled from the posterior and z_{<=k} at the conditional-prior means
   (k = 0: the ordinary single-sample ELBO), exactly ``llr``'s ``lk{k}`` estimate;
-* ``LLR^{>k} = L_S - L^{>k}`` (so LLR^{>0} is the IWAE gap L_S - ELBO), ``llr``'s ``llr_k{k}``;
+* ``LLR^{>k} = L_S - L^{>k}`` for k >= 1, ``llr``'s ``llr_k{k}``;
+* ``LLR^{>0}``: zero, as in seed 000, where L^{>0} *is* the likelihood L, so the k = 0 term vanishes
+  (``k0_term="zero"``, the default). ``k0_term="iwae_gap"`` uses this harness's estimators literally,
+  LLR^{>0} = L_S - ELBO, a small positive gap (the only form before version 2; a labelled variant);
 * ``log p(x|z_{>k})``: the likelihood term log p(x|z_1) of that same L^{>k} pass (k = 0: z_1 ~ q), so the
   weights and LLR^{>k} of one k come from the same random draws.
 
@@ -32,6 +35,7 @@ from ood_bench.errors import UserError
 
 # log p(x|.) of a probability mass is < 0; this only guards a float rounding to exactly 0.
 _MAX_LOG_PX = -1e-12
+K0_TERMS = ("zero", "iwae_gap")
 
 
 def adaptive_weights(log_px: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -57,13 +61,18 @@ class AdaptiveLikelihoodRatio(Detector):
     ----------
     iwae_samples:
         S for the IWAE estimate of L (seed 001 / 000 use 1000 importance samples).
+    k0_term:
+        ``zero`` (seed 000: LLR^{>0} = 0) or ``iwae_gap`` (LLR^{>0} = L_S - ELBO).
     """
 
     name = "llr_ada"
-    version = "1"
+    version = "2"
 
-    def __init__(self, iwae_samples: int = 16):
+    def __init__(self, iwae_samples: int = 16, k0_term: str = "zero"):
+        if k0_term not in K0_TERMS:
+            raise ValueError(f"k0_term must be one of {', '.join(K0_TERMS)}, got {k0_term!r}")
         self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
+        self.k0_term = k0_term
 
     def fit(self, backbone, id_train) -> AdaptiveLikelihoodRatio:
         require_hierarchical(backbone, self.name)
@@ -89,6 +98,8 @@ class AdaptiveLikelihoodRatio(Detector):
         terms = [estimators.bound_terms(model, batch, x, k) for k in range(model.num_latent_layers)]
         iwae = estimators.iwae_bound(model, batch, x, self.iwae_samples)
         llr = [iwae - bound for bound, _ in terms]
+        if self.k0_term == "zero":
+            llr[0] = np.zeros_like(llr[0])
         out = {"llr_ada": adaptive_ratio(llr, adaptive_weights([log_px for _, log_px in terms]))}
         out.update({f"llr_k{k}": llr[k] for k in range(1, model.num_latent_layers)})
         return out

@@ -19,8 +19,10 @@ aggregated by ``max`` (the reference code), or by the paper's ``||ReLU(s_hat + b
 (``aggregation="relu_pnorm"``, ``p=None`` meaning infinity). Higher = more OOD. Reference values:
 FashionMNIST -> MNIST AUROC 0.995 with EKFAC, 0.971 with DIAG (seed 003 Tables 2 and 6).
 
-Per-example gradients come from ``torch.func.vmap(torch.func.grad(...))`` over ``functional_call``: one
-vectorised pass per batch, not a loop of backward passes. The fitted statistics are cached in
+Per-example gradients come from one backward pass of the summed loss per batch (no loop): a forward hook
+keeps each layer's input A and the pass gives each output gradient D, per example and location, so
+G = D^T A exactly (nothing couples examples). ``per_example_gradients`` (``torch.func.vmap(grad(...))``) and
+``per_example_gradients_loop`` compute G directly; the tests hold the three equal. The fitted statistics are cached in
 ``fit_cache_dir`` (``<checkpoint cache>/fits/`` in a run; atomic writes) under a key of the backbone's
 weights, the fit data, the parameters that shape the fit and the detector version, so a re-run, or a
 second suite entry that differs only in aggregation, does not refit. Outside a run they are kept in memory.
@@ -244,46 +246,51 @@ class Rose(Detector):
                 stats[f"{n}.UA"] = torch.linalg.eigh(aa / rows).eigenvectors
                 stats[f"{n}.UB"] = torch.linalg.eigh(dd / rows).eigenvectors
         second: dict[str, torch.Tensor] = {}
-        grads_all = [per_example_gradients(model, xb) for xb in chunks]
-        for grads in grads_all:
-            for n, g in grads.items():
-                sq = (self._rotate(stats, n, g) ** 2).sum(0)
+        rotated_all = [self._rotated_gradients(stats, model, xb) for xb in chunks]
+        for rotated in rotated_all:
+            for n, r in rotated.items():
+                sq = (r**2).sum(0)
                 second[n] = second[n] + sq if n in second else sq
         for n, total in second.items():
             stats[f"{n}.sigma"] = total / len(idx)
-        layer_scores = torch.cat([self._layer_scores(stats, grads) for grads in grads_all])
+        layer_scores = torch.cat([self._layer_scores(stats, rotated) for rotated in rotated_all])
         stats["mu"] = layer_scores.mean(0)
         stats["sd"] = layer_scores.std(0).clamp(min=EPS)
         stats["layers"] = list(second)
         return stats
 
     # ---------------------------------------------------------------------------------- scores
-    def _rotate(self, stats: dict[str, Any], n: str, g: torch.Tensor) -> torch.Tensor:
-        """G in the basis the preconditioner is diagonal in, as float64: U_B^T G U_A, or G itself for diag.
+    def _rotated_gradients(self, stats: dict[str, Any], model: ConvVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per layer, every example's gradient G in the basis the preconditioner is diagonal in, float64:
+        ``U_B^T G U_A`` for ekfac, G itself for diag.
 
-        The bases come from float64 eigendecompositions; the two products run as float32 GEMMs over the
-        whole batch (the gradients are float32 anyway), which halves the cost of scoring.
+        Both come from the layer inputs A (L, in*k*k + 1) and output gradients D (L, out) of each example
+        (:func:`layer_activations`; G = D^T A), so ekfac rotates the factors, ``(D U_B)^T (A U_A)``, and never
+        multiplies a full G by U_A: for a dense layer (L = 1) that is (in + out)^2 work per example instead of
+        out * in^2. The bases come from float64 eigendecompositions; the products run as float32 GEMMs (the
+        gradients are float32 anyway).
         """
-        if self.preconditioner == "diag":
-            return g.double()
-        rows, out, inp = g.shape
-        right = (g.reshape(rows * out, inp) @ stats[f"{n}.UA"].to(g.dtype)).reshape(rows, out, inp)
-        return (stats[f"{n}.UB"].T.to(g.dtype) @ right).double()
+        out = {}
+        for n, (a, d) in layer_activations(model, x).items():
+            if self.preconditioner == "ekfac":
+                a = a @ stats[f"{n}.UA"].to(a.dtype)
+                d = d @ stats[f"{n}.UB"].to(d.dtype)
+            out[n] = torch.einsum("blo,bli->boi", d, a).double()
+        return out
 
-    def _layer_scores(self, stats: dict[str, Any], grads: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, layers) raw scores s_l."""
+    def _layer_scores(self, stats: dict[str, Any], rotated: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, layers) raw scores s_l from the rotated gradients."""
         cols = []
-        for n, g in grads.items():
-            rotated = self._rotate(stats, n, g)
-            s = (rotated**2 / stats[f"{n}.sigma"].clamp(min=EPS)).flatten(1).sum(1)
+        for n, r in rotated.items():
+            s = (r**2 / stats[f"{n}.sigma"].clamp(min=EPS)).flatten(1).sum(1)
             if self.preconditioner == "diag" and self.diag_sqrt:
-                s = s.sqrt() / (2 * math.sqrt(rotated[0].numel()))
+                s = s.sqrt() / (2 * math.sqrt(r[0].numel()))
             cols.append(s)
         return torch.stack(cols, dim=1)
 
     def layer_z_scores(self, x: torch.Tensor) -> torch.Tensor:
         """(B, layers) z-normalised layer scores of prepared inputs."""
-        raw = self._layer_scores(self.stats_, per_example_gradients(self.backbone_, x))
+        raw = self._layer_scores(self.stats_, self._rotated_gradients(self.stats_, self.backbone_, x))
         return (raw - self.stats_["mu"]) / self.stats_["sd"]
 
     def score(self, batch: Batch) -> dict[str, np.ndarray]:
