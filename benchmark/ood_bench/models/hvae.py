@@ -67,10 +67,11 @@ class HVAEConfig:
     free_bits_per: str = "position"
     """How a layer's free-bits budget lambda is applied in training (a floor under which KL is not
     penalised). ``position``: lambda / channels (units) on each latent element of each example, i.e.
-    lambda per spatial position of a conv latent (the CPU configuration measured to avoid collapse).
-    ``element``: lambda / (number of elements) on each element of each example, i.e. lambda per layer
-    (hvae-oodd's FreeNats). ``layer``: lambda on the batch-averaged KL of the whole layer (Kingma et
-    al. 2016)."""
+    lambda per spatial position of a conv latent and lambda for a dense one. This is hvae-oodd's FreeNats
+    (it divides lambda over the channel axis only and floors each element), and the CPU configuration
+    measured to avoid collapse. ``element``: lambda / (number of elements) on each element of each example,
+    i.e. lambda for the whole layer (not hvae-oodd's rule). ``layer``: lambda on the batch-averaged KL of
+    the whole layer (Kingma et al. 2016)."""
     objective: str = "elbo"
     """Training objective. ``elbo``: the evidence lower bound. ``informative``: seed 000 eq. 10,
     ``ELBO - LL^{>0} + mean_{k=0..L-1} LL^{>k}`` with ``LL^{>k} = log p(x|z_1)`` for z_{>k} from the posterior
