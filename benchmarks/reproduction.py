@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from ood_bench.report import marks
 from results_table import backbones, read_references
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
@@ -109,8 +110,8 @@ def fmt(row: pd.Series | None) -> str:
     if row is None:
         return "–"
     text = f"{row['mean']:.3f}" if pd.isna(row["std"]) else f"{row['mean']:.3f} ± {row['std']:.3f}"
-    marks = {"same-domain": " ‡", "binarised": " §"}
-    return text + "".join(marks.get(m, "") for m in str(row.get("marks", "")).split(",") if m)
+    symbols = "".join(marks.SYMBOLS[m] for m in marks.decode(row.get("marks", "")))
+    return f"{text} {symbols}" if symbols else text
 
 
 def paper_value(ref: pd.DataFrame, score: str, ood_set: str) -> str:
@@ -207,8 +208,8 @@ def main() -> None:
     if args.sweep:
         out.append(f"- BPVAE sweep: {run_header(args.sweep)}")
     out += ["", notes.get("commands", ""), "", "## Every seed-table row we reach", "",
-            "Mean ± sample standard deviation over the seeds (AUROC, OOD positive). ‡: same domain as the "
-            "backbone's auxiliary data (disjoint images). §: constant images under a Bernoulli head.", "",
+            "Mean ± sample standard deviation over the seeds (AUROC, OOD positive). "
+            + " ".join(marks.NOTES.values()), "",
             reproduction_table(boards, ref), "",
             *[f"- {key}: {text}." for key, text in LEGEND.items()], "", notes.get("why", ""), "",
             "## Acceptance criteria of issue 11", "", acceptance(boards, seconds), "", "## Ablations", "",

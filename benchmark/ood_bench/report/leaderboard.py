@@ -103,6 +103,9 @@ def summarize_records(records: pd.DataFrame, metrics: Sequence[str] | None = Non
     cell_marks = recs.groupby([*ROW_KEY, "ood_set"], sort=False)["marks"].agg(
         lambda v: marks.encode(m for field in v for m in marks.decode(field))).rename("marks")
     summary = summary.join(cell_marks, on=[*ROW_KEY, "ood_set"])
+    unstable = summary["std"] > marks.UNSTABLE_STD
+    summary.loc[unstable, "marks"] = [marks.encode([*marks.decode(m), marks.UNSTABLE])
+                                      for m in summary.loc[unstable, "marks"]]
     summary["n_seeds"] = summary["n_seeds"].astype(int)
     summary["oracle_choice"] = ""
     summary = summary[SUMMARY_COLUMNS]

@@ -8,6 +8,8 @@ the run knows from its own plan:
   inverted Omniglot negatives and evaluated on Omniglot. Disjoint images, same domain: not a fair OOD test.
 * ``binarised``: a ``constant`` set scored by a backbone with a Bernoulli head. Dynamic binarisation turns a
   constant grey image into i.i.d. noise, so the column measures noise, not the papers' constant images.
+* ``unstable``: over two or more seeds, the metric's sample standard deviation exceeds ``UNSTABLE_STD``; the
+  cell changes with the seed (or float rounding) more than differences a reader would draw from it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from collections.abc import Iterable, Mapping
 
 SAME_DOMAIN = "same-domain"
 BINARISED = "binarised"
-SYMBOLS = {SAME_DOMAIN: "‡", BINARISED: "§"}
+UNSTABLE = "unstable"
+UNSTABLE_STD = 0.05
+SYMBOLS = {SAME_DOMAIN: "‡", BINARISED: "§", UNSTABLE: "¶"}
 NOTES = {
     SAME_DOMAIN: "‡: the backbone trained on auxiliary images of this same dataset (a disjoint split): "
                  "same domain, not a fair OOD test.",
     BINARISED: "§: constant images scored by a Bernoulli backbone; dynamic binarisation turns them into "
                "i.i.d. noise, so this cell measures noise, not the papers' constant images.",
+    UNSTABLE: f"¶: unstable, the standard deviation over seeds exceeds {UNSTABLE_STD}: this cell is not a "
+              "result at this budget.",
 }
 CONSTANT_DATASET = "constant"
 
