@@ -2,7 +2,7 @@
 # Measure the README's main command as a new user meets it: a fresh clone, a fresh virtual environment,
 # an empty data cache, then `ood-bench run SUITE` twice (the second run must come from the cache).
 # Usage: bash benchmarks/fresh_clone_run.sh [SUITE] [WORKDIR]      (defaults: suites/fmnist.yaml, a temp dir)
-# Prints both wall times and the results table for docs/results-cpu.md.
+# Prints both wall times and the results table for docs/reproduction.md.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 suite=${1:-suites/fmnist.yaml}

@@ -7,7 +7,7 @@ Trains (or loads, through the checkpoint cache) an HVAE on the FashionMNIST trai
 suites/fmnist.yaml (5,000 images carved out for validation, seed 0), then scores all 10,000
 FashionMNIST test images against all 10,000 MNIST test images with the estimators of the `likelihood`
 and `llr` detectors (one fixed binarisation per example, per-example seeded noise). Prints the
-per-layer validation KL and AUROCs with MNIST as the positive class. docs/results-cpu.md lists the
+per-layer validation KL and AUROCs with MNIST as the positive class. docs/reproduction.md lists the
 configurations compared with it and its output.
 """
 

@@ -1,4 +1,4 @@
-"""How far two cached runs of one suite differ, metric by metric (docs/results-cpu.md).
+"""How far two cached runs of one suite differ, metric by metric (docs/reproduction.md).
 
 Usage: python benchmarks/run_delta.py BASELINE_RUN_DIR OTHER_RUN_DIR [--metric auroc] [--top 5]
 

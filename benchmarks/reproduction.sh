@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Regenerate docs/reproduction.md: the three-seed FashionMNIST run, the ablation and BPVAE-sweep runs, then the doc.
+# Usage: bash benchmarks/reproduction.sh [RESULTS_ROOT]   (default /tmp/ood-bench-reproduction; needs OOD_BENCH_MIRROR
+# on a machine without internet). Cached runs are reused: a second call recomputes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=${1:-/tmp/ood-bench-reproduction}
+gen="$root/suites"
+.venv/bin/python benchmarks/ablation_suites.py "$gen"
+.venv/bin/ood-bench run suites/fmnist.yaml --profile cpu-3seeds --results "$root"
+.venv/bin/ood-bench run "$gen/fmnist-bpvae-sweep.yaml" --results "$root"
+.venv/bin/ood-bench run "$gen/fmnist-ablations.yaml" --results "$root"
+cd benchmarks
+../.venv/bin/python reproduction.py "$root/fmnist" --ablations "$root/fmnist-ablations" \
+    --sweep "$root/fmnist-bpvae-sweep" --out ../docs/reproduction.md
