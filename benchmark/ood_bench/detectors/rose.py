@@ -245,15 +245,17 @@ class Rose(Detector):
             for n, (aa, dd, rows) in sums.items():
                 stats[f"{n}.UA"] = torch.linalg.eigh(aa / rows).eigenvectors
                 stats[f"{n}.UB"] = torch.linalg.eigh(dd / rows).eigenvectors
+        # Two passes over the fit chunks (Sigma, then the layer scores that need it) rather than keeping every
+        # example's rotated gradients: with the dense layers that would be ~1.7 GB at the cpu profile's width.
         second: dict[str, torch.Tensor] = {}
-        rotated_all = [self._rotated_gradients(stats, model, xb) for xb in chunks]
-        for rotated in rotated_all:
-            for n, r in rotated.items():
+        for xb in chunks:
+            for n, r in self._rotated_gradients(stats, model, xb).items():
                 sq = (r**2).sum(0)
                 second[n] = second[n] + sq if n in second else sq
         for n, total in second.items():
             stats[f"{n}.sigma"] = total / len(idx)
-        layer_scores = torch.cat([self._layer_scores(stats, rotated) for rotated in rotated_all])
+        layer_scores = torch.cat([self._layer_scores(stats, self._rotated_gradients(stats, model, xb))
+                                  for xb in chunks])
         stats["mu"] = layer_scores.mean(0)
         stats["sd"] = layer_scores.std(0).clamp(min=EPS)
         stats["layers"] = list(second)
