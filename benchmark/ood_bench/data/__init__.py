@@ -7,7 +7,7 @@ from ood_bench.data.definitions import DatasetDef, Param, SourceFormat
 from ood_bench.data.imageset import ImageSet
 from ood_bench.data.loading import DatasetStatus, VerifyResult, data_status, fetch, load_split, verify
 from ood_bench.data.registry import available_datasets, get_dataset, plugin_errors
-from ood_bench.data.sampling import split_validation, subset
+from ood_bench.data.sampling import complement, split_validation, subset
 from ood_bench.data.sources import CorruptFileWarning, RemoteFile, data_dir, mirror_dir
 from ood_bench.data.transforms import TRANSFORMS, apply_transforms, conform
 
@@ -33,5 +33,6 @@ __all__ = [
     "plugin_errors",
     "split_validation",
     "subset",
+    "complement",
     "verify",
 ]

@@ -45,3 +45,12 @@ def subset(images: ImageSet, n: int, seed: int) -> ImageSet:
     keep = _chosen(len(images), int(n), int(seed))
     return ImageSet(f"{images.name}[{n} of {len(images)}]", images.images[keep],
                     digest("subset", images.fingerprint, int(n), int(seed)))
+
+
+def complement(images: ImageSet, n: int, seed: int) -> ImageSet:
+    """The images that :func:`subset` with the same (n, seed) leaves out (empty when it keeps them all)."""
+    if n >= len(images):
+        return ImageSet(f"{images.name}[none]", images.images[:0], digest("complement", images.fingerprint, "all"))
+    keep = _chosen(len(images), int(n), int(seed))
+    return ImageSet(f"{images.name}[{len(images) - n} not in {n} of {len(images)}]", images.images[~keep],
+                    digest("complement", images.fingerprint, int(n), int(seed)))

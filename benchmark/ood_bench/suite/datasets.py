@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ood_bench.data import ImageSet, apply_transforms, conform, load_split, split_validation, subset
+from ood_bench.data import ImageSet, apply_transforms, complement, conform, load_split, split_validation, subset
 from ood_bench.errors import DatasetMissing
 from ood_bench.suite.schema import DatasetRef, Suite
 
@@ -20,6 +20,9 @@ class SuiteData:
     roles: dict[str, str]  # label -> "id" | "ood" | "sanity"
     missing: list[dict[str, str]] = field(default_factory=list)
     auxiliary: dict[str, ImageSet] = field(default_factory=dict)  # backbone label -> its training-only set
+    detector_fit: ImageSet | None = None
+    """What detectors fit on (e.g. ROSE's Fisher): train minus the sanity set's images, so that no detector
+    statistic is fitted on examples it is then evaluated on. None: the whole train set."""
 
 
 def _load(ref: DatasetRef, split: str, download: bool) -> ImageSet:
@@ -60,11 +63,13 @@ def resolve(suite: Suite, strict: bool = False, download: bool = True) -> SuiteD
         roles[label] = "ood"
     auxiliary = {name: auxiliary_set(spec.auxiliary, train.shape, ref.split_seed, download)
                  for name, spec in suite.backbones.items() if spec.auxiliary is not None}
+    detector_fit = None
     if suite.evaluation.sanity:
         label = f"{id_label}-train (sanity)"
         eval_sets[label] = subset(train, len(id_test), ref.split_seed)
+        detector_fit = complement(train, len(id_test), ref.split_seed)
         roles[label] = "sanity"
-    return SuiteData(train, val, id_label, eval_sets, roles, missing, auxiliary)
+    return SuiteData(train, val, id_label, eval_sets, roles, missing, auxiliary, detector_fit)
 
 
 def auxiliary_set(ref: DatasetRef, shape: tuple[int, int, int], seed: int, download: bool = True) -> ImageSet:

@@ -89,6 +89,7 @@ def run_suite(
     console = console or Console()
     started = time.perf_counter()
     suite, suite_hash = load_suite(suite_path, profile)
+    revision = git_revision()  # read before the work: a commit made during a long run is not what ran
     device = resolve_device(device)
     run_dir = Path(results_root) / suite.name
     default_checkpoints = os.environ.get("OOD_BENCH_CHECKPOINTS") or Path(results_root) / "checkpoints"
@@ -142,7 +143,7 @@ def run_suite(
     stats.wall_s["total"] = time.perf_counter() - started
     provenance = {
         "ood_bench_version": ood_bench.__version__,
-        "git_revision": git_revision(),
+        "git_revision": revision,
         "suite_sha256": suite_hash,
         "profile": profile,
         "device": device,
@@ -239,7 +240,8 @@ def _evaluate(
         todo = np.flatnonzero(~store.done_mask(key, len(images)))
         if todo.size:
             if not fitted:
-                detector.fit(backbone.model if len(members) == 1 else [m.model for m in members], data.train)
+                fit_data = data.detector_fit if data.detector_fit is not None and len(data.detector_fit) else data.train
+                detector.fit(backbone.model if len(members) == 1 else [m.model for m in members], fit_data)
                 fitted = True
             _score_missing(detector, f"{label}/{set_label}", images, todo, seed, key, store, batch_size, console)
             stats.scored_examples += int(todo.size)
