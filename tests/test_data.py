@@ -28,6 +28,7 @@ from ood_bench.data import (
     ImageSet,
     apply_transforms,
     available_datasets,
+    complement,
     conform,
     data_status,
     fetch,
@@ -277,6 +278,16 @@ def test_subset_is_seeded_and_returns_itself_when_large_enough():
     assert _indices(a) != _indices(c) and a.fingerprint != c.fingerprint
     assert len(_indices(a)) == 50 and _indices(a) <= set(range(1000))
     assert subset(images, 1000, seed=1) is images and subset(images, 5000, seed=1) is images
+
+
+def test_complement_is_what_subset_leaves_out_and_nested_subsets_are_why_it_exists():
+    images = _indexed_set(1000)
+    kept, rest = subset(images, 200, seed=0), complement(images, 200, seed=0)
+    assert _indices(kept).isdisjoint(_indices(rest)) and _indices(kept) | _indices(rest) == set(range(1000))
+    assert rest.fingerprint != images.fingerprint and len(complement(images, 1000, seed=0)) == 0
+    # the trap complement avoids: with one seed, a smaller subset is a prefix of the larger one
+    assert _indices(subset(images, 50, seed=0)) <= _indices(kept)
+    assert _indices(subset(rest, 50, seed=0)).isdisjoint(_indices(kept))
 
 
 # --- names, splits, parameters --------------------------------------------------------------------------

@@ -130,3 +130,29 @@ def test_kill_9_during_scoring_resumes_to_identical_scores(first_run):
     for key in ref:
         for output in ref[key]:
             np.testing.assert_array_equal(got[key][output], ref[key][output])
+
+
+def test_detectors_fit_on_train_minus_the_sanity_set():
+    from ood_bench.suite.datasets import resolve
+    from ood_bench.suite.load import load_suite
+
+    suite, _ = load_suite(TINY)
+    data = resolve(suite, download=False)
+    sanity = data.eval_sets["fashionmnist-train (sanity)"]
+    as_rows = lambda s: {im.tobytes() for im in s.images}  # noqa: E731
+    assert as_rows(data.detector_fit).isdisjoint(as_rows(sanity))
+    assert len(data.detector_fit) + len(sanity) == len(data.train)
+
+
+def test_run_records_the_git_revision_read_before_any_work(monkeypatch, tmp_path):
+    from ood_bench.suite import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "git_revision", lambda: calls.append("rev") or "rev")
+
+    def stop(*_a, **_k):
+        raise RuntimeError(f"resolve reached after {len(calls)} revision read(s)")
+
+    monkeypatch.setattr(runner, "resolve", stop)
+    with pytest.raises(RuntimeError, match="after 1 revision"):
+        runner.run_suite(TINY, results_root=tmp_path)
