@@ -193,12 +193,18 @@ def main() -> None:
     parser.add_argument("main_run", type=Path)
     parser.add_argument("--ablations", type=Path)
     parser.add_argument("--sweep", type=Path)
+    parser.add_argument("--replace", type=Path, nargs="*", default=[],
+                        help="runs of a subset of the main suite whose detectors' rows replace the main run's")
     parser.add_argument("--out", type=Path, default=Path("docs/reproduction.md"))
     parser.add_argument("--notes", type=Path, default=Path(__file__).parent / "reproduction_notes.md",
                         help="hand-written sections (headings '## name'), spliced in by name")
     args = parser.parse_args()
     ref = read_references([REFERENCE_DIR / name for name in REFERENCES])
     boards = {"main": leaderboard(args.main_run)}
+    for run in args.replace:
+        newer = leaderboard(run)
+        boards["main"] = pd.concat([boards["main"][~boards["main"]["detector"].isin(set(newer["detector"]))], newer],
+                                   ignore_index=True)
     if args.ablations:
         boards["ablations"] = leaderboard(args.ablations)
     notes = _sections(args.notes.read_text()) if args.notes.exists() else {}
@@ -211,6 +217,9 @@ def main() -> None:
     if seconds:
         out.append("- Seconds per seed (training + scoring, data loading apart): "
                    + ", ".join(f"seed {s}: {v:.0f} s ({v / 60:.1f} min)" for s, v in sorted(seconds.items())) + ".")
+    for run in args.replace:
+        detectors = ", ".join(f"`{d}`" for d in dict.fromkeys(leaderboard(run)["detector"]))
+        out.append(f"- Rows of {detectors} replaced by: {run_header(run)}")
     if args.ablations:
         out.append(f"- Ablation run: {run_header(args.ablations)}")
     if args.sweep:
