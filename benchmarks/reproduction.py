@@ -31,7 +31,7 @@ IC_DIFF = ("both terms in bits/dim; the paper's IC subtracts compressed bits fro
 LEGEND = {
     HVAE_DIFF: "S = 32 (paper 1000; llr_ada and WAIC S = 8); 16-channel HVAE without residual blocks or weight "
                "norm, 4 epochs (paper 64 channels, 3 residual blocks per stage, 1000 epochs)",
-    VAE8_DIFF: "8-bit VAE with a DLM head (paper: 256-way categorical), 28x28 inputs (paper 32x32), d = 16 "
+    VAE8_DIFF: "8-bit VAE with a 5-component DLM head (paper: 256-way categorical), 28x28 inputs (paper 32x32), d = 16 "
                "(paper 100), convs 16/32 + dense 128, 4 epochs (paper 100), IWAE S = 16 (paper 20)",
 }
 
@@ -165,7 +165,8 @@ def run_header(run_dir: Path) -> str:
     history = plan.get("history") or []
     first = history[0] if history else {"wall_s": prov["wall_s"]["total"], "date": prov["date"],
                                         "git_revision": prov["git_revision"]}
-    text = (f"suite `{plan['suite']}` (`{plan['suite_file']}`), profile `{plan['profile']}`, seeds {plan['seeds']}, "
+    text = (f"suite `{plan['suite']}` (`{Path(plan['suite_file']).name}`), profile `{plan['profile']}`, "
+            f"seeds {plan['seeds']}, "
             f"device {prov['device']}, torch {prov['torch']}, {prov['machine']}; first run {first['date']} at "
             f"commit `{first['git_revision']}`, {first['wall_s']:.0f} s inside `ood-bench run`")
     if plan["missing"]:
