@@ -14,7 +14,12 @@ also appears in the base suite has the same checkpoint key and is loaded, not re
     priors change);
   - the informative HVAE at seed 000's lambda = 1 next to the suite's lambda = 0.3, and llr_ada with the
     IWAE-gap k = 0 term on both;
-  - input complexity with the reference code's nats - bits mix (``units: reference_mix``) on the 8-bit VAE.
+  - input complexity with the reference code's nats - bits mix (``units: reference_mix``) on the 8-bit VAE;
+  - the 8-bit VAE with the paper's 256-way categorical head (``likelihood: categorical``) instead of the cpu
+    profile's 5-component DLM, scored by the NLL and ROSE.
+* ``OUT_DIR/fmnist-rose-ablations.yaml``, the base suite's seeds at ``--rose-profile`` (default cpu-3seeds): ROSE
+  on the 8-bit VAE at n_fit in {1000, 5000} x latent size d in {16, 100} (seed 003's d), both preconditioners,
+  to tell Fisher-estimate noise and encoder size from training budget.
 """
 
 from __future__ import annotations
@@ -86,6 +91,35 @@ def ablations(raw: dict[str, Any]) -> dict[str, Any]:
     ic = detectors["input_complexity"]
     detectors["input_complexity_reference_mix"] = {**ic, "detector": "input_complexity",
                                                    "params": {**ic["params"], "units": "reference_mix"}}
+    categorical = copy.deepcopy(backbones["vae8"])
+    categorical["params"] = {k: v for k, v in categorical["params"].items() if k != "dlm_components"}
+    categorical["params"]["likelihood"] = "categorical"
+    backbones["vae8-categorical"] = categorical
+    detectors["vae_likelihood_categorical"] = {**raw["detectors"]["vae_likelihood"], "backbone": "vae8-categorical"}
+    detectors["rose_categorical"] = {**raw["detectors"]["rose"], "detector": "rose", "backbone": "vae8-categorical"}
+    suite["profiles"] = {}
+    return suite
+
+
+ROSE_N_FIT = (1000, 5000)
+ROSE_D = (16, 100)
+
+
+def rose_ablations(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """ROSE on the 8-bit VAE over n_fit x d x preconditioner, at the seeds of ``profile``."""
+    suite = restrict(raw, ["rose"], f"{raw['name']}-rose-ablations")
+    if profile:
+        suite["seeds"] = raw["profiles"][profile].get("seeds", suite["seeds"])
+    base = suite["backbones"]["vae8"]
+    wide = copy.deepcopy(base)
+    wide["params"] = {**base["params"], "latent_dim": 100}
+    suite["backbones"]["vae8-d100"] = wide
+    suite["detectors"] = {}
+    for d, n_fit, preconditioner in itertools.product(ROSE_D, ROSE_N_FIT, ("ekfac", "diag")):
+        backbone = "vae8" if d == base["params"]["latent_dim"] else f"vae8-d{d}"
+        suite["detectors"][f"rose-{preconditioner}-d{d}-n{n_fit}"] = {
+            "detector": "rose", "backbone": backbone,
+            "params": {"preconditioner": preconditioner, "n_fit": n_fit}}
     suite["profiles"] = {}
     return suite
 
@@ -95,11 +129,13 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--suite", type=Path, default=Path("suites/fmnist.yaml"))
     parser.add_argument("--sweep-epochs", type=int, default=1)
+    parser.add_argument("--rose-profile", default="cpu-3seeds", help="the base suite's profile whose seeds ROSE uses")
     args = parser.parse_args()
     raw = yaml.safe_load(args.suite.read_text())
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, suite in (("fmnist-bpvae-sweep.yaml", bpvae_sweep(raw, args.sweep_epochs)),
-                        ("fmnist-ablations.yaml", ablations(raw))):
+                        ("fmnist-ablations.yaml", ablations(raw)),
+                        ("fmnist-rose-ablations.yaml", rose_ablations(raw, args.rose_profile))):
         (args.out_dir / name).write_text(yaml.safe_dump(suite, sort_keys=False))
         print(args.out_dir / name)
 
