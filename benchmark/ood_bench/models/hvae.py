@@ -16,240 +16,34 @@ nearest-neighbour / transposed-convolution upsampling.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
 
 from ood_bench.models import gaussian
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import head_input, make_head
-from ood_bench.models.layers import UpConv2d
-from ood_bench.numerics import LN2
+from ood_bench.models.hvae_blocks import (  # noqa: F401  (ResBlock: re-exported for tests and plugins)
+    DenseResBlock,
+    Flatten,
+    GaussianHead,
+    Level,
+    Relu,
+    ResBlock,
+    Unflatten,
+    conv_layer,
+    halvings,
+    map_blocks,
+    normalise_output,
+    strided_layer,
+    wnorm,
+)
+from ood_bench.models.hvae_config import INFORMATIVE_PRIORS, HVAEConfig, default_latents
 
-_MIN_STD = 1e-4
 CPU_ROWS_PER_PASS = 256
-FREE_BITS_MODES = ("position", "element", "layer")
-OBJECTIVES = ("elbo", "informative")
-INFORMATIVE_PRIORS = ("sample", "mean")
-
-
-@dataclass
-class HVAEConfig:
-    """Parameters of :class:`HierarchicalVAE` (the ``params`` of a suite backbone entry).
-
-    Defaults are seed 001's sizes; ``None`` fields are derived from the input shape.
-    """
-
-    latent_shapes: list[list[int]] | None = None
-    """z_1 first; [C, H, W] is convolutional, [D] dense. Default: grayscale [[8, H/2, W/2], [16], [8]],
-    colour [[8, H/2, W/2], [16, H/4, W/4], [32, H/8, W/8]]."""
-    channels: int = 64
-    blocks_per_stage: int = 3
-    """Residual blocks per deterministic stage. 0 builds compact plain stages instead: a 4x4 stride-2
-    convolution per halving (transposed going down) and one ``kernel`` convolution per map stage, a
-    two-layer MLP per dense stage, and the last upsampling of the decoder as its output layer (the
-    cpu-budget prototype of ``cpu-hvae-notes.md``, whose LLR>k beats the residual stages at equal budget)."""
-    kernel_sizes: list[int] | None = None
-    """Odd kernel size per stage, bottom first. Default [5, 3, 3, ...]."""
-    dense_width: int = 256
-    likelihood: str | None = None
-    """``bernoulli`` (binarised images), ``dlm`` (discretised logistic mixture) or ``categorical`` (256-way
-    softmax per sub-pixel). Default: bernoulli for one channel, dlm otherwise."""
-    dlm_components: int = 10
-    weight_norm: bool = True
-    """Weight normalisation with data-dependent initialisation (Salimans & Kingma 2016)."""
-    kl_estimator: str = "analytic"
-    """KL terms of the training loss: ``analytic`` or ``mc`` (single sample). Scores are always MC."""
-    free_bits_per: str = "position"
-    """How a layer's free-bits budget lambda is applied in training (a floor under which KL is not
-    penalised). ``position``: lambda / channels (units) on each latent element of each example, i.e.
-    lambda per spatial position of a conv latent and lambda for a dense one. This is hvae-oodd's FreeNats
-    (it divides lambda over the channel axis only and floors each element), and the CPU configuration
-    measured to avoid collapse. ``element``: lambda / (number of elements) on each element of each example,
-    i.e. lambda for the whole layer (not hvae-oodd's rule). ``layer``: lambda on the batch-averaged KL of
-    the whole layer (Kingma et al. 2016)."""
-    objective: str = "elbo"
-    """Training objective. ``elbo``: the evidence lower bound. ``informative``: seed 000 eq. 10,
-    ``ELBO - LL^{>0} + mean_{k=0..L-1} LL^{>k}`` with ``LL^{>k} = log p(x|z_1)`` for z_{>k} from the posterior
-    and z_{<=k} from the conditional priors (spec §1.3). Scores never depend on it: every bound is the same."""
-    informative_prior: str = "sample"
-    """How the informative objective sets z_{<=k}: ``sample`` (reparameterised draws from p(z_l|z_{l+1}), seed
-    000 eq. 10) or ``mean`` (the conditional-prior means, the construction L^{>k} uses at evaluation)."""
-    informative_weight: float = 1.0
-    """lambda in ``ELBO + lambda * (mean_k LL^{>k} - LL^{>0})``: 1 is seed 000's objective; smaller values keep
-    more weight on the ordinary reconstruction term (see docs/informative-hvae.md on collapse)."""
-
-    def __post_init__(self) -> None:
-        _check(isinstance(self.channels, int) and self.channels > 0, "channels", "a positive integer")
-        _check(isinstance(self.blocks_per_stage, int) and self.blocks_per_stage >= 0, "blocks_per_stage",
-               "a non-negative integer (0 = compact stages without residual blocks)")
-        _check(isinstance(self.dense_width, int) and self.dense_width > 0, "dense_width",
-               "a positive integer")
-        _check(isinstance(self.dlm_components, int) and self.dlm_components > 0, "dlm_components",
-               "a positive integer")
-        _check(self.likelihood in (None, "bernoulli", "dlm", "categorical"), "likelihood",
-               "'bernoulli', 'dlm' or 'categorical'")
-        _check(self.kl_estimator in ("analytic", "mc"), "kl_estimator", "'analytic' or 'mc'")
-        _check(self.free_bits_per in FREE_BITS_MODES, "free_bits_per", " or ".join(map(repr, FREE_BITS_MODES)))
-        _check(isinstance(self.weight_norm, bool), "weight_norm", "true or false")
-        _check(self.objective in OBJECTIVES, "objective", " or ".join(map(repr, OBJECTIVES)))
-        _check(self.informative_prior in INFORMATIVE_PRIORS, "informative_prior",
-               " or ".join(map(repr, INFORMATIVE_PRIORS)))
-        w = self.informative_weight
-        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w <= 1, "informative_weight",
-               "a number in (0, 1]")
-        if self.latent_shapes is not None:
-            ok = isinstance(self.latent_shapes, (list, tuple)) and len(self.latent_shapes) >= 1 and all(
-                isinstance(s, (list, tuple)) and len(s) in (1, 3)
-                and all(isinstance(d, int) and d > 0 for d in s)
-                for s in self.latent_shapes
-            )
-            _check(ok, "latent_shapes", "a list of [C, H, W] or [D] shapes of positive integers")
-            self.latent_shapes = [list(s) for s in self.latent_shapes]
-        if self.kernel_sizes is not None:
-            ok = isinstance(self.kernel_sizes, (list, tuple)) and all(
-                isinstance(k, int) and k > 0 and k % 2 == 1 for k in self.kernel_sizes
-            )
-            _check(ok, "kernel_sizes", "a list of odd positive integers, one per stage")
-            self.kernel_sizes = list(self.kernel_sizes)
-
-
-def _check(ok: bool, name: str, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"hvae parameter {name!r} must be {expected}")
-
-
-# ------------------------------------------------------------------------------------ layers
-def _wn(module: nn.Module, enabled: bool) -> nn.Module:
-    if not enabled:
-        return module
-    return weight_norm(module, dim=1 if isinstance(module, nn.ConvTranspose2d) else 0)
-
-
-def _conv(cin: int, cout: int, kernel: int, wn: bool, stride: int = 1) -> nn.Module:
-    return _wn(nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2), wn)
-
-
-def _strided(cin: int, cout: int, wn: bool, up: bool) -> nn.Module:
-    """A 4x4 convolution that halves the resolution, or a transposed one that doubles it (an
-    :class:`UpConv2d`, faster on CPU: see models/layers.py)."""
-    conv = UpConv2d if up else nn.Conv2d
-    return _wn(conv(cin, cout, 4, stride=2, padding=1), wn)
-
-
-class ResBlock(nn.Module):
-    """Pre-activation residual block ``y = conv2(relu(conv1(relu(x)))) + skip(x)``.
-
-    conv1 keeps the resolution; conv2 halves it (``resample=-1``), doubles it with a transposed
-    convolution (``resample=1``) or keeps it (0). The skip path average-pools or repeats pixels.
-    """
-
-    def __init__(self, channels: int, kernel: int, resample: int, wn: bool):
-        super().__init__()
-        self.resample = resample
-        self.conv1 = _conv(channels, channels, kernel, wn)
-        if resample == 1:
-            conv2 = nn.ConvTranspose2d(channels, channels, kernel, stride=2, padding=kernel // 2,
-                                       output_padding=1)
-            self.conv2 = _wn(conv2, wn)
-        else:
-            self.conv2 = _conv(channels, channels, kernel, wn, stride=2 if resample == -1 else 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(F.relu(self.conv1(F.relu(x))))
-        if self.resample == -1:
-            x = F.avg_pool2d(x, 2, ceil_mode=True)
-        elif self.resample == 1:
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return h + x
-
-
-class DenseResBlock(nn.Module):
-    """Pre-activation residual block on vectors."""
-
-    def __init__(self, width: int, wn: bool):
-        super().__init__()
-        self.fc1 = _wn(nn.Linear(width, width), wn)
-        self.fc2 = _wn(nn.Linear(width, width), wn)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(F.relu(self.fc1(F.relu(x))))
-
-
-def _map_blocks(
-    channels: int, kernel: int, blocks: int, steps: int, resample: int, wn: bool
-) -> nn.Sequential:
-    """``max(blocks, steps)`` residual blocks, the last ``steps`` of them resampling."""
-    n = max(blocks, steps)
-    return nn.Sequential(
-        *[ResBlock(channels, kernel, resample if i >= n - steps else 0, wn) for i in range(n)]
-    )
-
-
-class _Flatten(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
-
-
-class _Unflatten(nn.Module):
-    def __init__(self, shape: tuple[int, int, int]):
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
-
-
-class _Relu(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x)
-
-
-class GaussianHead(nn.Module):
-    """Mean and standard deviation of a diagonal Gaussian over a latent of ``shape``.
-
-    std = softplus with beta = ln 2 (softplus(0) = 1, seed 001 App. B) plus a small floor.
-    """
-
-    def __init__(self, in_features: int, shape: tuple[int, ...], kernel: int, wn: bool):
-        super().__init__()
-        self.shape = shape
-        if len(shape) == 3:
-            self.proj = _conv(in_features, 2 * shape[0], kernel, wn)
-        else:
-            self.proj = _wn(nn.Linear(in_features, 2 * shape[0]), wn)
-
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, raw = self.proj(F.relu(h)).chunk(2, dim=1)
-        return mean, F.softplus(raw, beta=LN2) + _MIN_STD
-
-
-# ------------------------------------------------------------------------------------ the model
-@dataclass(frozen=True)
-class _Level:
-    """What one level of the hierarchy looks like: a map (channels, H, W) or a vector (features,)."""
-
-    latent: tuple[int, ...]
-
-    @property
-    def is_map(self) -> bool:
-        return len(self.latent) == 3
-
-    @property
-    def side(self) -> tuple[int, int]:
-        return self.latent[1], self.latent[2]
-
-
-def _halvings(big: tuple[int, int], small: tuple[int, int]) -> int:
-    """m with big = small * 2^m on both axes, or ValueError."""
-    for m in range(8):
-        if big[0] == small[0] * 2**m and big[1] == small[1] * 2**m:
-            return m
-    raise ValueError(f"hvae latent side {small} does not divide the side {big} below it by a power of two")
 
 
 class HierarchicalVAE(Backbone):
@@ -263,7 +57,7 @@ class HierarchicalVAE(Backbone):
         self.config = config
         self.input_shape = tuple(int(d) for d in input_shape)
         c_x, h_x, w_x = self.input_shape
-        shapes = [tuple(s) for s in (config.latent_shapes or _default_latents(self.input_shape))]
+        shapes = [tuple(s) for s in (config.latent_shapes or default_latents(self.input_shape))]
         self._shapes = shapes
         self.num_latent_layers = len(shapes)
         L = self.num_latent_layers
@@ -282,9 +76,9 @@ class HierarchicalVAE(Backbone):
         self.head = make_head(self.likelihood, c_x, config.dlm_components)
 
         wn, ch, width = config.weight_norm, config.channels, config.dense_width
-        levels = [_Level((c_x, h_x, w_x))] + [_Level(s) for s in shapes]
+        levels = [Level((c_x, h_x, w_x))] + [Level(s) for s in shapes]
 
-        def features(level: _Level) -> int:
+        def features(level: Level) -> int:
             return ch if level.is_map else width
 
         # Inference stage l maps level l-1 (x, or [z_{l-1}, h_{l-1}]) to features h_l at level l.
@@ -306,79 +100,79 @@ class HierarchicalVAE(Backbone):
             self.down_stages.append(self._down_stage(src, dst, cin, k))
             if l < L:
                 self.p_heads.append(GaussianHead(features(src), src.latent, 3, wn))
-        if config.blocks_per_stage == 0 and levels[1].is_map and _halvings((h_x, w_x), levels[1].side) > 0:
-            self.out_proj = _strided(ch, self.head.num_params, wn, up=True)
+        if config.blocks_per_stage == 0 and levels[1].is_map and halvings((h_x, w_x), levels[1].side) > 0:
+            self.out_proj = strided_layer(ch, self.head.num_params, wn, up=True)
         else:
-            self.out_proj = _conv(ch, self.head.num_params, 3, wn)
+            self.out_proj = conv_layer(ch, self.head.num_params, 3, wn)
 
     # -------------------------------------------------------------------- construction helpers
-    def _up_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
+    def _up_stage(self, src: Level, dst: Level, cin: int, kernel: int) -> nn.Module:
         cfg = self.config
         wn, ch, width, nb = cfg.weight_norm, cfg.channels, cfg.dense_width, cfg.blocks_per_stage
         if nb == 0:
             return self._compact_up_stage(src, dst, cin, kernel)
         if src.is_map and dst.is_map:
-            steps = _halvings(src.side, dst.side)
-            return nn.Sequential(_conv(cin, ch, kernel, wn), _map_blocks(ch, kernel, nb, steps, -1, wn))
+            steps = halvings(src.side, dst.side)
+            return nn.Sequential(conv_layer(cin, ch, kernel, wn), map_blocks(ch, kernel, nb, steps, -1, wn))
         if src.is_map:
             steps = 1 if src.side[0] % 2 == 0 and src.side[1] % 2 == 0 else 0
             h, w = src.side[0] // 2**steps, src.side[1] // 2**steps
             return nn.Sequential(
-                _conv(cin, ch, kernel, wn), _map_blocks(ch, kernel, nb, steps, -1, wn),
-                _Flatten(), _Relu(), _wn(nn.Linear(ch * h * w, width), wn),
+                conv_layer(cin, ch, kernel, wn), map_blocks(ch, kernel, nb, steps, -1, wn),
+                Flatten(), Relu(), wnorm(nn.Linear(ch * h * w, width), wn),
             )
-        return nn.Sequential(_wn(nn.Linear(cin, width), wn), *[DenseResBlock(width, wn) for _ in range(nb)])
+        return nn.Sequential(wnorm(nn.Linear(cin, width), wn), *[DenseResBlock(width, wn) for _ in range(nb)])
 
-    def _down_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
+    def _down_stage(self, src: Level, dst: Level, cin: int, kernel: int) -> nn.Module:
         cfg = self.config
         wn, ch, width, nb = cfg.weight_norm, cfg.channels, cfg.dense_width, cfg.blocks_per_stage
         if nb == 0:
             return self._compact_down_stage(src, dst, cin, kernel)
         if src.is_map:
-            steps = _halvings(dst.side, src.side)
-            return nn.Sequential(_conv(cin, ch, kernel, wn), _map_blocks(ch, kernel, nb, steps, 1, wn))
+            steps = halvings(dst.side, src.side)
+            return nn.Sequential(conv_layer(cin, ch, kernel, wn), map_blocks(ch, kernel, nb, steps, 1, wn))
         if dst.is_map:
             steps = 1 if dst.side[0] % 2 == 0 and dst.side[1] % 2 == 0 else 0
             h, w = dst.side[0] // 2**steps, dst.side[1] // 2**steps
             return nn.Sequential(
-                _wn(nn.Linear(cin, width), wn), _Relu(), _wn(nn.Linear(width, ch * h * w), wn),
-                _Unflatten((ch, h, w)), _map_blocks(ch, kernel, nb, steps, 1, wn),
+                wnorm(nn.Linear(cin, width), wn), Relu(), wnorm(nn.Linear(width, ch * h * w), wn),
+                Unflatten((ch, h, w)), map_blocks(ch, kernel, nb, steps, 1, wn),
             )
-        return nn.Sequential(_wn(nn.Linear(cin, width), wn), *[DenseResBlock(width, wn) for _ in range(nb)])
+        return nn.Sequential(wnorm(nn.Linear(cin, width), wn), *[DenseResBlock(width, wn) for _ in range(nb)])
 
-    def _compact_up_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
+    def _compact_up_stage(self, src: Level, dst: Level, cin: int, kernel: int) -> nn.Module:
         wn, ch, width = self.config.weight_norm, self.config.channels, self.config.dense_width
         if not src.is_map:
-            return nn.Sequential(_wn(nn.Linear(cin, width), wn), _Relu(), _wn(nn.Linear(width, width), wn))
+            return nn.Sequential(wnorm(nn.Linear(cin, width), wn), Relu(), wnorm(nn.Linear(width, width), wn))
         if dst.is_map:
-            steps = _halvings(src.side, dst.side)
+            steps = halvings(src.side, dst.side)
             layers: list[nn.Module] = []
             for i in range(steps):
-                layers += [_strided(cin if i == 0 else ch, ch, wn, up=False), _Relu()]
-            return nn.Sequential(*layers, _conv(cin if steps == 0 else ch, ch, kernel, wn))
+                layers += [strided_layer(cin if i == 0 else ch, ch, wn, up=False), Relu()]
+            return nn.Sequential(*layers, conv_layer(cin if steps == 0 else ch, ch, kernel, wn))
         even = src.side[0] % 2 == 0 and src.side[1] % 2 == 0
         h, w = (src.side[0] // 2, src.side[1] // 2) if even else src.side
-        first = _strided(cin, ch, wn, up=False) if even else _conv(cin, ch, kernel, wn)
-        return nn.Sequential(first, _Relu(), _Flatten(), _wn(nn.Linear(ch * h * w, width), wn))
+        first = strided_layer(cin, ch, wn, up=False) if even else conv_layer(cin, ch, kernel, wn)
+        return nn.Sequential(first, Relu(), Flatten(), wnorm(nn.Linear(ch * h * w, width), wn))
 
-    def _compact_down_stage(self, src: _Level, dst: _Level, cin: int, kernel: int) -> nn.Module:
+    def _compact_down_stage(self, src: Level, dst: Level, cin: int, kernel: int) -> nn.Module:
         wn, ch, width = self.config.weight_norm, self.config.channels, self.config.dense_width
         if not src.is_map and not dst.is_map:
-            return nn.Sequential(_wn(nn.Linear(cin, width), wn), _Relu(), _wn(nn.Linear(width, width), wn))
+            return nn.Sequential(wnorm(nn.Linear(cin, width), wn), Relu(), wnorm(nn.Linear(width, width), wn))
         if not src.is_map:
             even = dst.side[0] % 2 == 0 and dst.side[1] % 2 == 0
             h, w = (dst.side[0] // 2, dst.side[1] // 2) if even else dst.side
-            layers: list[nn.Module] = [_wn(nn.Linear(cin, width), wn), _Relu(), _wn(nn.Linear(width, ch * h * w), wn),
-                                       _Relu(), _Unflatten((ch, h, w))]
+            layers: list[nn.Module] = [wnorm(nn.Linear(cin, width), wn), Relu(),
+                                       wnorm(nn.Linear(width, ch * h * w), wn), Relu(), Unflatten((ch, h, w))]
             if even:
-                layers += [_strided(ch, ch, wn, up=True), _Relu()]
-            return nn.Sequential(*layers, _conv(ch, ch, kernel, wn))
-        steps = _halvings(dst.side, src.side)
+                layers += [strided_layer(ch, ch, wn, up=True), Relu()]
+            return nn.Sequential(*layers, conv_layer(ch, ch, kernel, wn))
+        steps = halvings(dst.side, src.side)
         if dst.latent == self.input_shape and steps > 0:
             steps -= 1  # the output layer does the last upsampling
-        layers = [_conv(cin, ch, kernel, wn)]
+        layers = [conv_layer(cin, ch, kernel, wn)]
         for _ in range(steps):
-            layers += [_Relu(), _strided(ch, ch, wn, up=True)]
+            layers += [Relu(), strided_layer(ch, ch, wn, up=True)]
         return nn.Sequential(*layers)
 
     # -------------------------------------------------------------------- Backbone API
@@ -527,7 +321,7 @@ class HierarchicalVAE(Backbone):
         hooks = []
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-                hooks.append(module.register_forward_hook(_normalise_output))
+                hooks.append(module.register_forward_hook(normalise_output))
         try:
             self.bound(x, [torch.randn(x.shape[0], *s, device=x.device) for s in self._shapes])
         finally:
@@ -544,24 +338,3 @@ class HierarchicalVAE(Backbone):
         finally:
             hook.remove()
         return self.head.mean(outputs[0])
-
-
-def _normalise_output(module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
-    dims = [0] + list(range(2, out.dim()))
-    mean = out.mean(dim=dims)
-    std = out.std(dim=dims) + 1e-6
-    gain = module.parametrizations.weight.original0
-    shape = [-1] + [1] * (gain.dim() - 1)
-    if isinstance(module, nn.ConvTranspose2d):
-        shape = [1, -1] + [1] * (gain.dim() - 2)
-    gain.data /= std.view(shape)
-    module.bias.data = (module.bias.data - mean) / std
-    view = [1, -1] + [1] * (out.dim() - 2)
-    return (out - mean.view(view)) / std.view(view)
-
-
-def _default_latents(input_shape: tuple[int, int, int]) -> list[tuple[int, ...]]:
-    c, h, w = input_shape
-    if c == 1:
-        return [(8, h // 2, w // 2), (16,), (8,)]
-    return [(8, h // 2, w // 2), (16, h // 4, w // 4), (32, h // 8, w // 8)]
