@@ -39,7 +39,7 @@ from ood_bench.data import (
     subset,
     verify,
 )
-from ood_bench.data.formats import read_cifar10_python, read_idx, read_smallnorb_images, read_svhn_mat
+from ood_bench.data.formats import decode_image, read_cifar10_python, read_idx, read_smallnorb_images, read_svhn_mat
 from ood_bench.data.transforms import grayscale, resize
 from ood_bench.errors import DatasetMissing, UserError
 from ood_bench.registry import GROUPS
@@ -504,3 +504,17 @@ def test_archive_readers_of_celeba_gtsrb_and_lsun(tmp_path: Path):
             tar.addfile(info, io.BytesIO(data))
     lsun = get_dataset("lsun").sources["test"][0].reader({"LSUN_resize.tar.gz": scenes})
     assert lsun.shape == (2, 3, 32, 32) and lsun[:, 0, 0, 0].tolist() == [100, 101]  # sorted by path
+
+
+def test_16_bit_grey_images_are_rescaled_not_clipped_and_32_bit_ones_refused():
+    from PIL import Image
+
+    wide = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)  # 0, 1, 128, 255 in 8 bits
+    png = io.BytesIO()
+    Image.fromarray(wide).save(png, format="PNG")
+    assert decode_image(png.getvalue()).tolist() == [[[0, 1, 128, 255]]]
+    assert decode_image(png.getvalue(), "RGB")[:, 0, 2].tolist() == [128, 128, 128]
+    tiff = io.BytesIO()
+    Image.fromarray(np.array([[1.5, 2.0]], dtype=np.float32)).save(tiff, format="TIFF")
+    with pytest.raises(ValueError, match="no fixed pixel range"):
+        decode_image(tiff.getvalue())

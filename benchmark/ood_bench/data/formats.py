@@ -196,11 +196,22 @@ def decode_image(data: bytes, mode: str | None = None) -> np.ndarray:
     """Decode one encoded image to uint8 (C, H, W).
 
     ``mode`` "L" gives one channel, "RGB" three; None keeps grey images grey and makes everything else RGB.
+    16-bit grey images (PNG and TIFF ``I;16*``) are rescaled from their full range to 8 bits
+    (round(v * 255 / 65535)), not clipped at 255 as Pillow's ``convert("L")`` does. 32-bit integer and float
+    images (``I``, ``F``) have no fixed range and are refused.
     """
     with Image.open(io.BytesIO(data)) as image:
         if mode is None:
             mode = "L" if image.mode in _GRAY_MODES else "RGB"
-        pixels = np.asarray(image.convert(mode), dtype=np.uint8)
+        if image.mode in ("I", "F"):
+            raise ValueError(f"a {'32-bit integer' if image.mode == 'I' else 'floating-point'} image (Pillow mode "
+                             f"{image.mode!r}) has no fixed pixel range to map to 8 bits; save it as an 8- or "
+                             f"16-bit PNG")
+        if image.mode.startswith("I;16"):
+            grey = np.round(np.asarray(image, dtype=np.float64) * (255 / 65535)).astype(np.uint8)
+            pixels = grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+        else:
+            pixels = np.asarray(image.convert(mode), dtype=np.uint8)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
