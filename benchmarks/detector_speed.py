@@ -142,7 +142,7 @@ def main() -> None:
     images, fp = test.images[: args.n], test.fingerprint
     bspec = suite.backbones[args.backbone]
     trained = train_or_load(bspec.kind, registry("backbones").get(bspec.kind), bspec.params, bspec.train,
-                            data.train, data.val, seed=suite.seeds[0], device="cpu",
+                            data.train, data.val, seed=suite.seeds[0], compute="cpu",
                             checkpoint_dir=args.checkpoints)
     model = trained.model
     os.environ.pop("OOD_BENCH_CHECKPOINTS", None)  # time ROSE's fit itself, not a load from the fit cache
@@ -215,7 +215,7 @@ def main() -> None:
 
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"Backbone `{args.backbone}` ({bspec.kind}, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"checkpoint {trained.checkpoint_hash[:12]}), first {len(images)} images of `{data.id_label}` test, "
+          f"weights {trained.weights_hash[:12]}), first {len(images)} images of `{data.id_label}` test, "
           f"batch {args.batch_size}; {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
           f"{torch.get_num_threads()} thread(s); commit {rev}.")
     print()

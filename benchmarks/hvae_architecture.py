@@ -66,7 +66,7 @@ def main() -> None:
     test, mnist = load_split("fashionmnist", "test"), load_split("mnist", "test")
     t0 = time.perf_counter()
     trained = train_or_load("hvae", HierarchicalVAE, args.params, args.train, train, val, seed=args.seed,
-                            device="cpu", checkpoint_dir=args.checkpoints, console=Console(width=160))
+                            compute="cpu", checkpoint_dir=args.checkpoints, console=Console(width=160))
     model = trained.model.eval()
     meta = trained.metadata
     print(f"params {json.dumps(args.params)}  train {json.dumps(args.train)}  seed {args.seed}")

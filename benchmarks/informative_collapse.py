@@ -79,7 +79,7 @@ def main() -> None:
         params = dict(base.params) | {k: v for k, v in extra.items() if not k.startswith("train.")}
         variant_train = train | {k[6:]: v for k, v in extra.items() if k.startswith("train.")}
         trained = train_or_load(base.kind, registry("backbones").get(base.kind), params, variant_train, data.train,
-                                data.val, seed=suite.seeds[0], device="cpu", checkpoint_dir=args.checkpoints)
+                                data.val, seed=suite.seeds[0], compute="cpu", checkpoint_dir=args.checkpoints)
         meta = trained.metadata
         det = AdaptiveLikelihoodRatio(iwae_samples=8).fit(trained.model, data.train)
         s_id, s_ood = scores(det, id_set, args.n), scores(det, ood_set, args.n)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from ood_bench.report import marks
+from ood_bench.suite import marks
 from results_table import backbones, read_references
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("main_run", type=Path)
     parser.add_argument("--ablations", type=Path)
     parser.add_argument("--sweep", type=Path)
+    parser.add_argument("--rose", type=Path, help="the ROSE ablation run (n_fit x d x preconditioner, three seeds)")
     parser.add_argument("--replace", type=Path, nargs="*", default=[],
                         help="runs of a subset of the main suite whose detectors' rows replace the main run's")
     parser.add_argument("--out", type=Path, default=Path("docs/reproduction.md"))
@@ -225,6 +226,8 @@ def main() -> None:
         out.append(f"- Ablation run: {run_header(args.ablations)}")
     if args.sweep:
         out.append(f"- BPVAE sweep: {run_header(args.sweep)}")
+    if args.rose:
+        out.append(f"- ROSE ablation: {run_header(args.rose)}")
     out += ["", notes.get("commands", ""), "", "## Every seed-table row we reach", "",
             "Mean ± sample standard deviation over the seeds (AUROC, OOD positive). "
             + " ".join(marks.NOTES.values()), "",
@@ -274,6 +277,9 @@ def main() -> None:
     if args.sweep:
         out += ["", "### BPVAE: latent size d, simple-prior scale σ_s, simple-set polarity (one seed)", "",
                 notes.get("bpvae", ""), "", bpvae_sweep_table(leaderboard(args.sweep))]
+    if args.rose:
+        out += ["", "### ROSE on the 8-bit VAE: fit size, latent size, preconditioner (three seeds)", "",
+                notes.get("rose", ""), "", rose_table(leaderboard(args.rose))]
     plan = json.loads((args.main_run / "run.json").read_text())
     out += ["", "## Backbones of the main run", "", backbones(plan).to_markdown(index=False), "",
             notes.get("budget", ""), ""]
@@ -287,6 +293,18 @@ def bpvae_sweep_table(board: pd.DataFrame) -> str:
                    key=lambda n: tuple(float(x) if x.replace(".", "").isdigit() else x
                                        for x in re.findall(r"d(\d+)-s([\d.]+)-(\w+)", n)[0]))
     return wide_table(board, [(n.removeprefix("bpvae-"), n, "bpd") for n in names], sets)
+
+
+ROSE_NAME = re.compile(r"rose-(\w+)-d(\d+)-n(\d+)")
+
+
+def rose_table(board: pd.DataFrame) -> str:
+    sets = ["mnist", "notmnist", "omniglot", "cifar10-gray", "uniform-noise", "constant", "fashionmnist-train (sanity)"]
+    found = {d: ROSE_NAME.fullmatch(d) for d in board["detector"].unique()}
+    keyed = sorted((m.group(1) != "ekfac", int(m.group(2)), int(m.group(3)), d) for d, m in found.items() if m)
+    label = {False: "EKFAC", True: "DIAG"}
+    return wide_table(board, [(f"{label[diag]}, d = {d}, n_fit = {n}", name, "rose") for diag, d, n, name in keyed],
+                      sets)
 
 
 def _sections(text: str) -> dict[str, str]:

@@ -65,7 +65,7 @@ def main() -> None:
     backbone_label = args.backbone or next(iter(spec_by_detector.values())).backbone
     bspec = suite.backbones[backbone_label]
     trained = train_or_load(bspec.kind, registry("backbones").get(bspec.kind), bspec.params, bspec.train,
-                            data.train, data.val, seed=suite.seeds[0], device="cpu",
+                            data.train, data.val, seed=suite.seeds[0], compute="cpu",
                             checkpoint_dir=args.checkpoints, aux_set=data.auxiliary.get(backbone_label))
     model = trained.model
 
@@ -108,7 +108,7 @@ def main() -> None:
 
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"Backbone `{backbone_label}` ({bspec.kind}, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"checkpoint {trained.checkpoint_hash[:12]}), {len(images)} examples of `{data.id_label}`, batch "
+          f"weights {trained.weights_hash[:12]}), {len(images)} examples of `{data.id_label}`, batch "
           f"{args.batch_size}, best of {args.repeats}; {platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__} with {torch.get_num_threads()} threads; commit {rev}.")
     print()

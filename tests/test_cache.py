@@ -1,23 +1,26 @@
 """The score store: chunked writes, resume, finalize, atomic replacement and locking."""
 
+import json
 import multiprocessing as mp
 
 import h5py
 import numpy as np
 import pytest
 from ood_bench.cache.keys import score_key
-from ood_bench.cache.store import ScoreStore
+from ood_bench.cache.store import Finished, ScoreStore
+from ood_bench.files import write_json_atomic
 from ood_bench.hashing import digest
 
 
 def test_key_is_stable_and_sensitive_to_every_field():
     base = dict(backbone_hash="b", detector="llr", params={"iwae_samples": 16}, detector_version="1",
-                dataset="d", seed=0)
+                dataset="d", seed=0, compute={"device": "cpu", "precision": "fp32", "deterministic": True})
     k0, fields = score_key(**base)
     assert k0 == score_key(**base)[0]
     assert fields["params"] == {"iwae_samples": 16}
     for name, other in [("backbone_hash", "c"), ("detector", "likelihood"), ("params", {"iwae_samples": 1}),
-                        ("detector_version", "2"), ("dataset", "e"), ("seed", 1)]:
+                        ("detector_version", "2"), ("dataset", "e"), ("seed", 1),
+                        ("compute", {"device": "cuda", "precision": "fp32", "deterministic": True})]:
         assert score_key(**{**base, name: other})[0] != k0, name
     assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1})
 
@@ -83,3 +86,41 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     keys = store.keys()
     assert len(keys) == 20
     assert store.get("w3-4")["a"].tolist() == [34.0] * 3
+
+
+def test_finalize_many_merges_keys_in_one_copy_and_tolerates_a_key_finished_elsewhere(tmp_path, monkeypatch):
+    store = ScoreStore(tmp_path)
+    for key in ("a", "b", "c"):
+        store.write_chunk(key, np.arange(2), {"s": np.full(2, float(ord(key)))})
+    copies = []
+    original = store._update
+    monkeypatch.setattr(store, "_update", lambda write: (copies.append(1), original(write)))
+    store.finalize_many([Finished(k, {"k": k}, 2) for k in ("a", "b", "c")])
+    assert len(copies) == 1 and sorted(store.keys()) == ["a", "b", "c"]
+    # another run finalized "d" and removed its chunks while this one still had a partial view of them
+    other = ScoreStore(tmp_path)
+    other.write_chunk("d", np.arange(2), {"s": np.ones(2)})
+    other.finalize("d", {}, 2)
+    store.write_chunk("d", np.arange(1), {"s": np.ones(1)})
+    store.finalize_many([Finished("d", {}, 2)])  # would be "1 of 2 examples unscored" without the stored copy
+    assert store.get("d")["s"].tolist() == [1.0, 1.0]
+    assert not (tmp_path / ".pending" / "d").exists()
+
+
+def _json_writer(args):
+    path, worker = args
+    for j in range(50):
+        write_json_atomic(path, {"worker": worker, "j": j, "pad": "x" * 20000})
+
+
+def test_concurrent_json_writes_never_leave_a_torn_file(tmp_path):
+    path = tmp_path / "run.json"
+    write_json_atomic(path, {"worker": -1})
+    with mp.get_context("fork").Pool(4) as pool:
+        result = pool.map_async(_json_writer, [(path, w) for w in range(4)])
+        reads = 0
+        while not result.ready():
+            assert "worker" in json.loads(path.read_text())  # a reader always sees one whole document
+            reads += 1
+        result.get()
+    assert reads > 0 and not list(tmp_path.glob(".run.json.*.tmp"))

@@ -239,7 +239,7 @@ def test_runner_trains_seed_variants_once_and_keys_scores_by_every_member(tmp_pa
     waic = next(e for e in plan["evaluations"] if e["detector"] == "waic")
     hvae = next(e for e in plan["evaluations"] if e["detector"] == "llr_ada_hvae")
     informative = next(e for e in plan["evaluations"] if e["detector"] == "llr_ada")
-    members = [plan["backbones"][f"hvae/seed{s}"]["sha256"] for s in (0, 1)]
+    members = [plan["backbones"][f"hvae/seed{s}"]["weights_sha256"] for s in (0, 1)]
     assert waic["member_checkpoints"] == members and members[0] != members[1]
     assert hvae["backbone_checkpoint"] == members[0]
     assert waic["backbone_checkpoint"] not in members  # the score key covers both members

@@ -7,9 +7,10 @@ import io
 import pandas as pd
 import pytest
 from ood_bench.errors import UserError
-from ood_bench.report import compare_runs, leaderboard_table, marks, print_comparison, write_leaderboard
+from ood_bench.report import compare_runs, leaderboard_table, print_comparison, write_leaderboard
 from ood_bench.report.compare import delta_column
 from ood_bench.report.leaderboard import read_summary_csv, summarize_records
+from ood_bench.suite import marks
 from rich.console import Console
 
 SANITY = "fashionmnist-train (sanity)"

@@ -202,7 +202,7 @@ def test_free_bits_floor_per_mode(mode):
     lam = 1e4  # far above any KL of the freshly initialised model, so every floor is active
     torch.manual_seed(0)
     loss, logs = model.training_loss(x, beta=0.5, free_bits=lam)
-    neg_log_px = -(logs["elbo"] + logs["kl_z1"] + logs["kl_z2"] + logs["kl_z3"])
+    neg_log_px = -float(logs["elbo"] + logs["kl_z1"] + logs["kl_z2"] + logs["kl_z3"])
     positions = 4 * 4 if mode == "position" else 1  # z1 is a 2x4x4 conv latent
     expected_floor = lam * (positions + 1 + 1)
     assert loss.item() == pytest.approx(neg_log_px + 0.5 * expected_floor, rel=1e-5)
@@ -228,14 +228,33 @@ TRAIN = {"epochs": 2, "batch_size": 16, "val_batch_size": 8, "lr": 3e-3}
 
 def _train(tmp_path, **kwargs):
     train, val = _sets()
-    return train_or_load("hvae", HierarchicalVAE, TINY_GRAY, TRAIN, train, val, seed=7, device="cpu",
+    return train_or_load("hvae", HierarchicalVAE, TINY_GRAY, TRAIN, train, val, seed=7, compute="cpu",
                          checkpoint_dir=tmp_path, console=Console(quiet=True), **kwargs)
+
+
+@pytest.mark.parametrize("damage", ["weights", "truncated", "empty"])
+def test_a_damaged_checkpoint_is_detected_moved_aside_and_retrained(tmp_path, damage):
+    first = _train(tmp_path)
+    path = first.path
+    if damage == "weights":  # still a valid file: only the recorded weights digest can tell
+        state = torch.load(path, weights_only=True)
+        name = next(iter(state["model"]))
+        state["model"][name] = state["model"][name] + 1e-3
+        torch.save(state, path)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(b"")
+    again = _train(tmp_path)
+    assert again.steps_this_call > 0  # retrained, never scored with the damaged weights
+    assert path.with_name(path.name + ".damaged").exists()
+    assert again.weights_hash == first.weights_hash  # the same training gives the same weights on CPU
 
 
 def test_train_or_load_trains_once_then_loads_without_a_step(tmp_path, monkeypatch):
     first = _train(tmp_path)
     assert first.steps_this_call == 6  # 2 epochs of 3 batches
-    assert first.path.exists() and len(first.checkpoint_hash) == 64
+    assert first.path.exists() and len(first.weights_hash) == 64
     meta = first.metadata
     assert [round(h["epoch"], 6) for h in meta["history"]] == [1.0, 2.0]
     assert meta["best_epoch"] in (1.0, 2.0) and len(meta["best_val_kl"]) == 3
@@ -248,7 +267,7 @@ def test_train_or_load_trains_once_then_loads_without_a_step(tmp_path, monkeypat
     monkeypatch.setattr(torch.optim.Adam, "step", no_step)
     second = _train(tmp_path)
     assert second.steps_this_call == 0
-    assert second.checkpoint_hash == first.checkpoint_hash
+    assert second.weights_hash == first.weights_hash
     for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -271,7 +290,7 @@ def test_checkpoint_key_changes_with_inputs(tmp_path):
     base = _train(tmp_path)
     train, val = _sets()
     other = train_or_load("hvae", HierarchicalVAE, TINY_GRAY, {**TRAIN, "epochs": 1}, train, val, seed=7,
-                          device="cpu", checkpoint_dir=tmp_path, console=Console(quiet=True))
+                          compute="cpu", checkpoint_dir=tmp_path, console=Console(quiet=True))
     assert other.path != base.path and other.steps_this_call == 3
     assert math.isfinite(other.metadata["best_val_elbo"])
 

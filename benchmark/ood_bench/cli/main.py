@@ -1,4 +1,4 @@
-"""The ``ood-bench`` command line: run, show, compare, report, list, data."""
+"""The ``ood-bench`` command line: run, plan, show, compare, report, list, data."""
 
 from __future__ import annotations
 
@@ -23,16 +23,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train or load backbones, score every set, write the leaderboard")
-    run.add_argument("suite", type=Path, help="suite YAML file, e.g. suites/fmnist.yaml")
-    run.add_argument("--profile", default="cpu", help="budget profile defined in the suite (default: cpu)")
-    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    run.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
-    run.add_argument("--checkpoints", type=Path, default=None,
-                     help="checkpoint cache (default: $OOD_BENCH_CHECKPOINTS or <results>/checkpoints)")
-    run.add_argument("--batch-size", type=int, default=None, help="scoring batch size (scores do not depend on it)")
-    run.add_argument("--strict", action="store_true", help="fail instead of skipping unavailable OOD datasets")
-    run.add_argument("--offline", action="store_true",
-                     help="never download; use only the data dir, OOD_BENCH_MIRROR and OS packages")
+    plan = sub.add_parser("plan", help="the units of work of a run, their keys, dependencies and cache status; "
+                                       "trains and scores nothing")
+    for p in (run, plan):
+        p.add_argument("suite", type=Path, help="suite YAML file, e.g. suites/fmnist.yaml")
+        p.add_argument("--profile", default="cpu", help="budget profile defined in the suite (default: cpu)")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+        p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                       help="numerics (default fp32: exact, deterministic; tf32/bf16 trade accuracy for speed "
+                            "and get their own checkpoints and scores)")
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch threads per process or Ray task (default: one per core); part of the CPU "
+                            "numerics, so it is recorded in the keys")
+        p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
+        p.add_argument("--checkpoints", type=Path, default=None,
+                       help="checkpoint cache (default: $OOD_BENCH_CHECKPOINTS or <results>/checkpoints)")
+        p.add_argument("--batch-size", type=int, default=None,
+                       help="scoring batch size (scores do not depend on it)")
+        p.add_argument("--examples-per-unit", type=int, default=None,
+                       help="split each evaluation set into score units of about this many examples "
+                            "(default: one unit per set)")
+        p.add_argument("--strict", action="store_true", help="fail instead of skipping unavailable OOD datasets")
+        p.add_argument("--offline", action="store_true",
+                       help="never download; use only the data dir, OOD_BENCH_MIRROR and OS packages")
+    run.add_argument("--executor", default="local", choices=["local", "ray"],
+                     help="local (default: this process) or ray (a local Ray cluster, or --address)")
+    run.add_argument("--address", default=None,
+                     help="with --executor ray: an existing cluster ('auto', or host:port); default: start one")
+    run.add_argument("--gpus-per-task", type=float, default=None,
+                     help="with --executor ray --device cuda: GPUs per task (fractions share a GPU; default 1)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (for tools)")
 
     show = sub.add_parser("show", help="print the leaderboard of a cached run")
     show.add_argument("run_dir", type=Path)
@@ -80,14 +100,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _check_sizes(args: argparse.Namespace) -> None:
+    for flag, value in (("--batch-size", args.batch_size), ("--examples-per-unit", args.examples_per_unit)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be a positive integer, got {value}.")
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
+    from ood_bench.execution.executor import make_executor
+    from ood_bench.report.leaderboard import write_leaderboard
+    from ood_bench.suite.results import read_plan, records_from_cache
     from ood_bench.suite.runner import run_suite
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}.")
-    run_suite(args.suite, profile=args.profile, device=args.device, results_root=args.results,
-              strict=args.strict, download=not args.offline, batch_size=args.batch_size,
-              checkpoint_dir=args.checkpoints, console=console)
+    _check_sizes(args)
+    executor = make_executor(args.executor, address=args.address, gpus_per_task=args.gpus_per_task)
+    run_dir, _ = run_suite(args.suite, profile=args.profile, device=args.device, precision=args.precision,
+                           threads=args.threads,
+                           executor=executor, results_root=args.results, strict=args.strict,
+                           download=not args.offline, batch_size=args.batch_size, checkpoint_dir=args.checkpoints,
+                           examples_per_unit=args.examples_per_unit, console=console)
+    record = read_plan(run_dir)
+    prov = record["provenance"]
+    write_leaderboard(run_dir, records_from_cache(run_dir), record["missing"],
+                      prov | {"suite": record["suite"], "seeds": record["seeds"], "balanced": record["balanced"]},
+                      metrics=record["metrics"], console=console)
+    return 0
+
+
+def _plan(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from ood_bench.execution.status import plan_status, print_plan
+    from ood_bench.suite.runner import prepare
+
+    _check_sizes(args)
+    suite, _, data, plan, _ = prepare(args.suite, profile=args.profile, device=args.device,
+                                      precision=args.precision, threads=args.threads, results_root=args.results,
+                                      strict=args.strict, download=not args.offline, batch_size=args.batch_size,
+                                      checkpoint_dir=args.checkpoints, examples_per_unit=args.examples_per_unit)
+    status = plan_status(plan, data, args.results / suite.name)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print_plan(status, console)
     return 0
 
 
@@ -171,7 +226,8 @@ def _data(args: argparse.Namespace, console: Console) -> int:
     return 1 if bad else 0
 
 
-COMMANDS = {"run": _run, "show": _show, "compare": _compare, "report": _report, "list": _list, "data": _data}
+COMMANDS = {"run": _run, "plan": _plan, "show": _show, "compare": _compare, "report": _report, "list": _list,
+            "data": _data}
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ second load skips decoding and hashing; the cache is only ever written from veri
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from ood_bench.data.definitions import DatasetDef, SourceFormat
 from ood_bench.data.imageset import ImageSet
 from ood_bench.data.registry import available_datasets, get_dataset, plugin_errors
 from ood_bench.errors import DatasetMissing
+from ood_bench.files import write_atomic
 from ood_bench.hashing import digest
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,9 @@ def _read_cache(path: Path) -> np.ndarray | None:
 
 
 def _write_cache(path: Path, images: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.save(f, images, allow_pickle=False)
-        os.replace(tmp, path)  # atomic: concurrent readers see the old file or the complete new one
+        write_atomic(path, lambda f: np.save(f, images, allow_pickle=False))
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         log.warning("could not cache %s: %s", path, error)
 
 

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ood_bench.files import write_text_atomic
 from ood_bench.hashing import hash_file
 
 DATA_ENV = "OOD_BENCH_DATA"
@@ -197,7 +198,7 @@ def download(dataset: str, remote: RemoteFile, problems: list[str], *,
             continue
         os.replace(part, target)
         if check.status == "unverified":
-            target.with_name(target.name + TRUSTED_SUFFIX).write_text(hash_file(target) + "\n")
+            write_text_atomic(target.with_name(target.name + TRUSTED_SUFFIX), hash_file(target) + "\n")
             log.warning("trusting %s without a published checksum (allow_unverified)", target)
         return target
     return None

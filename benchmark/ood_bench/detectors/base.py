@@ -56,6 +56,9 @@ class Detector:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     uses_auxiliary_data: ClassVar[bool] = False
+    fit_is_costly: ClassVar[bool] = False
+    """True when ``fit`` is a computation worth a unit of work of its own (a plan's FitUnit, run once before the
+    scoring units that need it); such a fit must persist what it learned in ``fit_cache_dir``."""
     fit_cache_dir: Path | None = None
     """A folder where ``fit`` may keep what it learned across runs, keyed by the detector itself. The runner
     sets it to ``<checkpoint cache>/fits``; None (the default outside a run) keeps fits in memory only."""

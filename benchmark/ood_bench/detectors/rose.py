@@ -30,7 +30,6 @@ second suite entry that differs only in aggregation, does not refit. Outside a r
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any, ClassVar
 
@@ -46,7 +45,7 @@ from ood_bench.detectors.base import Batch, Detector, whole_number
 from ood_bench.detectors.regret import require_vae
 from ood_bench.hashing import digest
 from ood_bench.models.base import frozen
-from ood_bench.models.checkpoints import load_checkpoint, save_atomic
+from ood_bench.models.checkpoints import load_checkpoint, save_atomic, weights_digest
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import example_generators
 
@@ -184,6 +183,7 @@ class Rose(Detector):
 
     name = "rose"
     version = "4"
+    fit_is_costly = True
     requires_backbone: ClassVar[type] = ConvVAE
 
     def __init__(self, preconditioner: str = "ekfac", n_fit: int = 1000, aggregation: str = "max",
@@ -209,7 +209,7 @@ class Rose(Detector):
         model = require_vae(backbone, self.name)
         self.backbone_ = model
         fit_set = subset(id_train, self.n_fit, FIT_SEED)
-        key = digest("rose-fit", self.version, _weights_hash(model), fit_set.fingerprint,
+        key = digest("rose-fit", self.version, weights_digest(model), fit_set.fingerprint,
                      {"preconditioner": self.preconditioner, "n_fit": self.n_fit, "diag_sqrt": self.diag_sqrt})
         path = self.fit_cache_dir / f"rose-{key[:32]}.pt" if self.fit_cache_dir else None
         if key in _MEMORY:
@@ -306,11 +306,3 @@ class Rose(Detector):
             out = r.max(1).values if self.p is None else r.norm(p=float(self.p), dim=1)
         return {"rose": out.cpu().numpy().astype(np.float64)}
 
-
-def _weights_hash(model: torch.nn.Module) -> str:
-    """sha256 of every tensor of the state dict (names, shapes, bytes)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()

@@ -5,6 +5,7 @@ trained model, loaded from the checkpoint cache when the same training has run b
 """
 
 from ood_bench.models.base import Backbone, BoundTerms
-from ood_bench.models.training import TrainConfig, TrainedBackbone, TrainingStopped, train_or_load
+from ood_bench.models.train_config import TrainConfig
+from ood_bench.models.training import TrainedBackbone, TrainingStopped, train_or_load
 
 __all__ = ["Backbone", "BoundTerms", "TrainConfig", "TrainedBackbone", "TrainingStopped", "train_or_load"]

@@ -99,8 +99,11 @@ class Backbone(nn.Module, abc.ABC):
     @abc.abstractmethod
     def training_loss(
         self, x: torch.Tensor, beta: float, free_bits: float
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss to minimise and per-batch logs (``loss``, ``elbo``, ``kl_z1``... in nats/example)."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar loss to minimise and per-batch logs (``loss``, ``elbo``, ``kl_z1``... in nats/example).
+
+        Logs are detached 0-dim tensors (or floats): the loop converts them only when it writes a log line, so
+        a training step never waits for the GPU."""
 
     @classmethod
     @abc.abstractmethod

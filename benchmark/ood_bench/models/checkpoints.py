@@ -1,20 +1,20 @@
 """Checkpoint files of trained backbones: content-addressed names, atomic writes, safe loading.
 
 A checkpoint's key hashes everything the trained weights depend on (backbone kind and resolved
-parameters, training config, training/validation data fingerprints, seed, and the model and training
-code versions), so a changed input never reuses a stale model and an unchanged one never retrains.
+parameters, training config, training/validation data fingerprints, seed, the model and training
+code versions, and the numerics policy of :mod:`ood_bench.compute`), so a changed input never reuses a
+stale model and an unchanged one never retrains.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ood_bench.files import write_atomic
 from ood_bench.hashing import digest
 
 TRAINING_VERSION = "1"  # bump when a change in training.py alters the weights it produces
@@ -31,6 +31,7 @@ def checkpoint_key(
     seed: int,
     model_version: str,
     input_shape: tuple[int, ...],
+    compute: dict[str, Any],
     aux_fingerprint: str | None = None,
 ) -> str:
     """Digest of every input of a training run (see :func:`ood_bench.hashing.digest`)."""
@@ -44,6 +45,7 @@ def checkpoint_key(
         "model_version": model_version,
         "training_version": TRAINING_VERSION,
         "input_shape": list(input_shape),
+        "compute": compute,
     }
     if aux_fingerprint is not None:  # only backbones trained with auxiliary data carry the field
         fields["aux_data"] = aux_fingerprint
@@ -57,33 +59,22 @@ def checkpoint_paths(checkpoint_dir: Path, kind: str, key: str) -> tuple[Path, P
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+    """``torch.save`` through :func:`ood_bench.files.write_atomic`: a reader never sees a torn file."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
-    A reader therefore sees either the old complete file or the new complete one, never a torn write.
+
+def weights_digest(state: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 of a model's (or state dict's) tensors: names, shapes, dtypes and bytes, in state-dict order.
+
+    The identity of trained weights: score keys use it (not the checkpoint file, whose metadata holds wall
+    times), and a checkpoint records it when written so a damaged file is detected on load.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write human-readable JSON next to a checkpoint, atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    items = state.state_dict().items() if isinstance(state, torch.nn.Module) else state.items()
+    h = hashlib.sha256()
+    for name, t in items:
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:

@@ -100,7 +100,7 @@ def _elbo_terms(model: Any, x: torch.Tensor, prior_sd: float) -> tuple[torch.Ten
 def training_loss(
     model: Any, objective: str, cfg: ObjectiveParams, x: torch.Tensor, beta: float, free_bits: float,
     aux: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scalar loss of ``objective`` on the minibatch ``x`` (and ``aux``), with per-batch logs in nats/example.
 
     ``beta`` and ``free_bits`` (warm-up and free bits of the training schedule) apply to the KL terms of the
@@ -111,11 +111,11 @@ def training_loss(
         raise ValueError(f"objective {objective!r} needs an auxiliary minibatch")
     log_px, kl = _elbo_terms(model, x, 1.0)
     loss = -log_px.mean() + beta * model.kl_penalty(kl, free_bits)
-    logs = {"elbo": (log_px - kl.sum(1)).detach().mean().item(), "kl_z1": kl.sum(1).detach().mean().item()}
+    logs = {"elbo": (log_px - kl.sum(1)).detach().mean(), "kl_z1": kl.sum(1).detach().mean()}
     if objective == "bpvae":
         log_py, kl_y = _elbo_terms(model, aux, 1.0 if cfg.literal_eq5 else float(cfg.simple_prior_std))
         loss = loss - log_py.mean() + beta * model.kl_penalty(kl_y, free_bits)
-        logs["elbo_simple"] = (log_py - kl_y.sum(1)).detach().mean().item()
+        logs["elbo_simple"] = (log_py - kl_y.sum(1)).detach().mean()
     elif objective == "negative_sampling":
         if cfg.negatives == "aux":
             negatives = aux
@@ -130,11 +130,11 @@ def training_loss(
                     g_mean, g_log_var = model.posterior(generated)
                     gen_kl = gaussian.kl_normal(g_mean, g_log_var, 0.0, 1.0).sum(1)
                 loss = loss + gen_kl.mean()
-                logs["kl_generated_pos"] = gen_kl.detach().mean().item()
+                logs["kl_generated_pos"] = gen_kl.detach().mean()
             negatives = generated.detach()
         n_mean, n_log_var = model.posterior(negatives)
         neg_kl = gaussian.kl_normal(n_mean, n_log_var, float(cfg.negative_shift), 1.0).sum(1)
         loss = loss + neg_kl.mean()
-        logs["kl_negative"] = neg_kl.detach().mean().item()
-    logs = {"loss": loss.item(), **logs}
+        logs["kl_negative"] = neg_kl.detach().mean()
+    logs = {"loss": loss.detach(), **logs}
     return loss, logs

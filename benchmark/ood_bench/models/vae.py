@@ -246,12 +246,12 @@ class ConvVAE(Backbone):
 
     def training_loss(
         self, x: torch.Tensor, beta: float, free_bits: float, aux: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.objective != "elbo":
             return objectives.training_loss(self, self.objective, self.objective_params, x, beta, free_bits, aux)
         eps = torch.randn(x.shape[0], self.latent_dim, device=x.device)
         log_px, kl_dims = self.elbo_terms(x, eps)
         loss = -log_px.mean() + beta * self.kl_penalty(kl_dims, free_bits)
         kl = kl_dims.sum(1)
-        return loss, {"loss": loss.item(), "elbo": (log_px - kl).detach().mean().item(),
-                      "kl_z1": kl.detach().mean().item()}
+        return loss, {"loss": loss.detach(), "elbo": (log_px - kl).detach().mean(),
+                      "kl_z1": kl.detach().mean()}

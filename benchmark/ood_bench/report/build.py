@@ -21,8 +21,10 @@ from rich.console import Console
 
 from ood_bench.detectors.base import Batch
 from ood_bench.errors import UserError
+from ood_bench.files import write_text_atomic
 from ood_bench.hashing import hash_file
 from ood_bench.metrics import METRIC_INFO, balanced_pair
+from ood_bench.models.training import TrainedBackbone
 from ood_bench.report import figures
 from ood_bench.report.leaderboard import _metric_view, _metrics_of, leaderboard_table
 from ood_bench.report.page import Block, Bullets, Heading, Image, TableBlock, Text, render_html, render_markdown
@@ -76,8 +78,8 @@ def write_report(
     blocks += _density_section(plan, scores, seed, fig_dir, names)
     blocks += _backbone_sections(plan, run_dir, seed, suite_path, checkpoint_dir, fig_dir, names, console)
 
-    (out / "report.md").write_text(render_markdown(title, blocks), encoding="utf-8")
-    (out / "index.html").write_text(render_html(title, blocks), encoding="utf-8")
+    write_text_atomic(out / "report.md", render_markdown(title, blocks))
+    write_text_atomic(out / "index.html", render_html(title, blocks))
     return out
 
 
@@ -95,11 +97,12 @@ def _provenance(plan: dict[str, Any]) -> list[Block]:
     rows += [[f"wall time: {k}", f"{v:.1f} s"] for k, v in prov.get("wall_s", {}).items()]
     sets = [[label, info["role"], str(info["n"]), info["fingerprint"]] for label, info in plan["sets"].items()]
     sets += [[m["ood_set"], "missing", "", m.get("fetch_command", "")] for m in plan.get("missing", [])]
-    backbones = [[key, Path(b["checkpoint"]).name, b["sha256"]] for key, b in plan.get("backbones", {}).items()]
+    backbones = [[key, Path(b["checkpoint"]).name, b.get("weights_sha256") or b.get("sha256", "")]
+                 for key, b in plan.get("backbones", {}).items()]
     return [Heading("Provenance"), TableBlock(["field", "value"], rows),
             Text("Evaluation sets (fingerprint: the data checksum every cache key includes):"),
             TableBlock(["set", "role", "examples", "fingerprint / how to fetch"], sets),
-            Text("Backbones:"), TableBlock(["backbone/seed", "checkpoint", "sha256"], backbones)]
+            Text("Backbones:"), TableBlock(["backbone/seed", "checkpoint", "weights sha256"], backbones)]
 
 
 def _leaderboard(run_dir: Path, plan: dict[str, Any]) -> list[Block]:
@@ -172,22 +175,42 @@ def _density_section(plan: dict[str, Any], scores: dict, seed: int, fig_dir: Pat
 
 
 # ------------------------------------------------------------------------------------ backbone figures
-def _find_checkpoint(entry: dict[str, Any], run_dir: Path, checkpoint_dir: Path | None) -> tuple[Path | None, str]:
-    """The recorded checkpoint, or the same file in a checkpoint cache, if its sha256 matches the run's."""
+def _find_checkpoint(entry: dict[str, Any], run_dir: Path, checkpoint_dir: Path | None, backbone_cls: type,
+                     ) -> tuple[TrainedBackbone | None, str]:
+    """The recorded checkpoint, or the same file in a checkpoint cache, loaded, if its weights are the run's.
+
+    Runs record the weights digest (``weights_sha256``); runs before it recorded the file's sha256.
+    """
+    from ood_bench.models.checkpoints import weights_digest
+    from ood_bench.models.training import load_trained
+
     recorded = Path(entry["checkpoint"])
     candidates = [recorded]
     for folder in (checkpoint_dir, os.environ.get("OOD_BENCH_CHECKPOINTS"), run_dir.parent / "checkpoints"):
         if folder:
             candidates.append(Path(folder) / recorded.name)
-    mismatched = []
+    expected = entry.get("weights_sha256") or entry.get("sha256", "")
+    mismatched, unreadable = [], []
     for path in dict.fromkeys(candidates):
-        if path.is_file():
-            if hash_file(path) == entry["sha256"]:
-                return path, ""
+        if not path.is_file():
+            continue
+        if "weights_sha256" not in entry and hash_file(path) != expected:
             mismatched.append(str(path))
+            continue
+        try:
+            trained = load_trained(path, backbone_cls)
+        except (UserError, ValueError, RuntimeError, KeyError, OSError, pickle.UnpicklingError) as exc:
+            unreadable.append(f"checkpoint {path.name} cannot be loaded by this version of ood-bench: {exc}")
+            continue
+        if "weights_sha256" in entry and weights_digest(trained.model) != expected:
+            mismatched.append(str(path))
+            continue
+        return trained, ""
+    if unreadable:
+        return None, unreadable[0]
     if mismatched:
         return None, (f"checkpoint {', '.join(mismatched)} differs from the one the run scored with "
-                      f"(sha256 {entry['sha256'][:16]}...)")
+                      f"(sha256 {expected[:16]}...)")
     folders = ", ".join(map(str, dict.fromkeys(c.parent for c in candidates)))
     return None, f"checkpoint file {recorded.name} not found in {folders}; run the suite again or pass --checkpoints"
 
@@ -214,7 +237,6 @@ def _backbone_sections(
     plan: dict[str, Any], run_dir: Path, seed: int, suite_path: Path | None, checkpoint_dir: Path | None,
     fig_dir: Path, names: _Names, console: Console,
 ) -> list[Block]:
-    from ood_bench.models.training import load_trained
     from ood_bench.registry import registry
 
     recon: list[Block] = [
@@ -240,19 +262,15 @@ def _backbone_sections(
 
     for key, entry in entries.items():
         label = key.rsplit("/", 1)[0]
-        path, reason = _find_checkpoint(entry, run_dir, checkpoint_dir)
-        if path is None:
+        trained, reason = _find_checkpoint(entry, run_dir, checkpoint_dir,
+                                           registry("backbones").get(entry["metadata"]["kind"]))
+        if trained is None:
             unavailable(key, reason)
             continue
         if images is None and not image_reason:
             images, image_reason = _load_images(plan, suite_path)
         if images is None:
             unavailable(key, image_reason)
-            continue
-        try:
-            trained = load_trained(path, registry("backbones").get(entry["metadata"]["kind"]))
-        except (UserError, ValueError, RuntimeError, KeyError, OSError, pickle.UnpicklingError) as exc:
-            unavailable(key, f"checkpoint {path.name} cannot be loaded by this version of ood-bench: {exc}")
             continue
         recon += _reconstructions(trained.model, key, plan, images, seed, fig_dir, names(label, "reconstructions"))
         kl += _kl(trained.model, key, plan, images, seed, fig_dir, names(label, "kl"))

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from sklearn.metrics import roc_curve
 
+from ood_bench.files import write_atomic
 from ood_bench.metrics import auroc
 
 DPI = 110
@@ -30,11 +31,9 @@ def _figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: Path, crop: bool = False) -> Path:
     """Write the PNG; ``crop`` trims the margins to the drawn content (figures with outside legends)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     # No version stamp in the file: the same cache gives the same bytes.
-    fig.savefig(path, dpi=DPI, metadata={"Software": None}, bbox_inches="tight" if crop else None,
-                pad_inches=0.15)
-    return path
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None},
+                                                    bbox_inches="tight" if crop else None, pad_inches=0.15))
 
 
 def roc_figure(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, path: Path) -> Path:

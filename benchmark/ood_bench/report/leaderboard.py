@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 from tabulate import tabulate
 
+from ood_bench.files import write_text_atomic
 from ood_bench.metrics import HIGHER_IS_BETTER, METRIC_INFO, check_metric_names
-from ood_bench.report import marks
+from ood_bench.suite import marks
 
 RECORD_COLUMNS = ["detector", "backbone", "output", "params", "uses_auxiliary_data", "seed", "ood_set",
                   "metric", "value"]
@@ -306,9 +307,9 @@ def write_leaderboard(
     run_dir.mkdir(parents=True, exist_ok=True)
     table = leaderboard_table(records, metrics, missing)
     paths = {suffix: run_dir / f"leaderboard.{suffix}" for suffix in ("md", "csv", "tex")}
-    paths["md"].write_text(render_markdown(table, missing, provenance), encoding="utf-8")
-    summarize_records(records, metrics).to_csv(paths["csv"], index=False)
-    paths["tex"].write_text(render_latex(table, provenance), encoding="utf-8")
+    write_text_atomic(paths["md"], render_markdown(table, missing, provenance))
+    write_text_atomic(paths["csv"], summarize_records(records, metrics).to_csv(index=False))
+    write_text_atomic(paths["tex"], render_latex(table, provenance))
     print_table(table, console if console is not None else Console(width=120), title=provenance.get("suite"))
     return paths
 

@@ -7,7 +7,6 @@ table is always computed the same way, from cached scores alone (no model is loa
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,16 @@ import pandas as pd
 
 from ood_bench.cache.store import ScoreStore
 from ood_bench.errors import UserError
+from ood_bench.files import write_json_atomic
 from ood_bench.metrics import compute_metrics
-from ood_bench.report import marks
+from ood_bench.suite import marks
 
 PLAN_NAME = "run.json"
 
 
 def write_plan(run_dir: Path, plan: dict[str, Any]) -> Path:
-    """Write run.json atomically."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / PLAN_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(plan, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    """Write run.json atomically (a concurrent run's write wins whole, never interleaved)."""
+    return write_json_atomic(Path(run_dir) / PLAN_NAME, plan)
 
 
 def read_plan(run_dir: Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""Run a suite: train or load backbones, score every evaluation set with every detector, cache, report.
+"""Run a suite: plan its units, have an executor train and score them, cache the scores, record the run.
 
 The run directory ``<results>/<suite name>/`` holds ``scores.h5`` (the per-example score cache),
-``run.json`` (what was evaluated, under which cache keys, with provenance and wall times) and the
-leaderboard files. Re-running a finished suite loads everything from the cache.
+``run.json`` (what was evaluated, under which cache keys, with provenance and wall times); the CLI then
+writes the leaderboard files from them. Re-running a finished suite computes nothing: every key is cached.
+The driver (this module) is the only writer of the store: it finalizes finished keys in batches.
 """
 
 from __future__ import annotations
@@ -19,23 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import ood_bench
-from ood_bench.cache.keys import score_key
-from ood_bench.cache.store import ScoreStore
-from ood_bench.data import ImageSet
-from ood_bench.detectors.base import Batch, Detector
-from ood_bench.errors import UserError
-from ood_bench.hashing import digest
-from ood_bench.models.training import TrainedBackbone, train_or_load
-from ood_bench.registry import registry
-from ood_bench.report import marks
-from ood_bench.report.leaderboard import write_leaderboard
-from ood_bench.suite import results
+from ood_bench.cache.store import Finished, ScoreStore
+from ood_bench.compute import resolve_compute
+from ood_bench.execution.executor import Chunk, Executor, RunContext, ScoreJob, TrainRecord, make_executor
+from ood_bench.execution.plan import Plan, build_detector_instance, build_plan, score_keys
+from ood_bench.suite import marks, results
 from ood_bench.suite.datasets import SuiteData, resolve
-from ood_bench.suite.load import build_detector, load_suite
+from ood_bench.suite.load import load_suite
 from ood_bench.suite.schema import Suite
+
+FINALIZE_EVERY_S = 30.0
+"""Finished keys are merged into scores.h5 at most this often (and at the end), one file copy per batch."""
 
 
 @dataclass
@@ -45,18 +42,6 @@ class RunStats:
     trained_backbones: int = 0
     scored_examples: int = 0
     wall_s: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> str:
-    """'cpu', 'cuda' or 'auto' (cuda when available) -> a torch device string."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} was requested but this machine has no usable CUDA GPU "
-                        f"(torch {torch.__version__}). Use --device cpu, or install a CUDA build of torch.")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UserError(f"Unknown device '{device}'. Allowed values: cpu, cuda, cuda:N, auto.")
-    return device
 
 
 def git_revision() -> str | None:
@@ -73,58 +58,86 @@ def git_revision() -> str | None:
         return None
 
 
+def default_checkpoint_dir(results_root: Path) -> Path:
+    """``$OOD_BENCH_CHECKPOINTS`` or ``<results>/checkpoints``."""
+    return Path(os.environ.get("OOD_BENCH_CHECKPOINTS") or Path(results_root) / "checkpoints")
+
+
+def prepare(suite_path: Path, *, profile: str = "cpu", device: str = "cpu", precision: str = "fp32",
+            threads: int | None = None, results_root: Path = Path("results"), strict: bool = False,
+            download: bool = True, batch_size: int | None = None, checkpoint_dir: Path | None = None,
+            examples_per_unit: int | None = None) -> tuple[Suite, str, SuiteData, Plan, Path]:
+    """Validate and load a suite, resolve its data and build its plan: (suite, suite hash, data, plan,
+    checkpoint folder). Trains and scores nothing; ``ood-bench plan`` stops here."""
+    suite, suite_hash = load_suite(suite_path, profile)
+    compute = resolve_compute(device, precision, threads)
+    checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir(results_root))
+    data = resolve(suite, strict=strict, download=download)
+    plan = build_plan(suite, data, compute, checkpoint_dir, batch_size, examples_per_unit)
+    return suite, suite_hash, data, plan, checkpoint_dir
+
+
 def run_suite(
     suite_path: Path,
     *,
     profile: str = "cpu",
     device: str = "cpu",
+    precision: str = "fp32",
+    threads: int | None = None,
+    executor: str | Executor = "local",
     results_root: Path = Path("results"),
     strict: bool = False,
     download: bool = True,
     batch_size: int | None = None,
     checkpoint_dir: Path | None = None,
+    examples_per_unit: int | None = None,
     console: Console | None = None,
 ) -> tuple[Path, RunStats]:
-    """Run ``suite_path`` end to end; returns the run directory and what was computed."""
+    """Run ``suite_path`` end to end; returns the run directory and what was computed.
+
+    ``executor``: ``local`` (this process), ``ray`` (a local Ray cluster), or an executor object from
+    :func:`ood_bench.execution.executor.make_executor` (e.g. Ray at an address). The scores do not depend on it.
+    """
     console = console or Console()
     started = time.perf_counter()
-    suite, suite_hash = load_suite(suite_path, profile)
     revision = git_revision()  # read before the work: a commit made during a long run is not what ran
-    device = resolve_device(device)
-    run_dir = Path(results_root) / suite.name
-    default_checkpoints = os.environ.get("OOD_BENCH_CHECKPOINTS") or Path(results_root) / "checkpoints"
-    checkpoint_dir = Path(checkpoint_dir or default_checkpoints)
-    store = ScoreStore(run_dir)
-    stats = RunStats()
-    console.print(f"[bold]ood-bench[/] suite [cyan]{suite.name}[/] profile [cyan]{profile}[/] device [cyan]{device}[/]")
-
     t0 = time.perf_counter()
-    data = resolve(suite, strict=strict, download=download)
+    suite, suite_hash, data, plan, checkpoint_dir = prepare(
+        suite_path, profile=profile, device=device, precision=precision, threads=threads,
+        results_root=results_root, strict=strict,
+        download=download, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
+        examples_per_unit=examples_per_unit)
+    stats = RunStats()
     stats.wall_s["load_data"] = time.perf_counter() - t0
+    compute = plan.compute
+    compute.apply()
+    runner = make_executor(executor) if isinstance(executor, str) else executor
+    console.print(f"[bold]ood-bench[/] suite [cyan]{suite.name}[/] profile [cyan]{profile}[/] device "
+                  f"[cyan]{compute.device}[/] precision [cyan]{compute.precision}[/] executor [cyan]{runner.name}[/]")
     for m in data.missing:
         console.print(f"[yellow]skipping {m['ood_set']}[/]: not available offline - `{m['fetch_command']}`")
-
-    evaluations = []
-    trained: dict[tuple[str, int], TrainedBackbone] = {}
-    for seed in suite.seeds:
-        for label, spec in suite.detectors.items():
-            detector = _build_detector(suite, label)
-            detector.fit_cache_dir = checkpoint_dir / "fits"
-            # an ensemble detector needs seed variants s, s+1, ... of its backbone; each is an ordinary checkpoint
-            members = [
-                _backbone(suite, spec.backbone, seed + i, data, device, checkpoint_dir, trained, stats, console)
-                for i in range(detector.seed_variants())
-            ]
-            evaluations.append(
-                _evaluate(suite, label, seed, detector, members, data, store, batch_size, stats, console)
-            )
-
-    plan = {
+    run_dir = Path(results_root) / suite.name
+    store = ScoreStore(run_dir)
+    ctx = RunContext(plan, data, store, checkpoint_dir, console)
+    try:
+        records = runner.train(list(plan.train.values()), ctx)
+        for unit_id, record in records.items():
+            unit = plan.train[unit_id]
+            stats.wall_s[f"backbone {unit.backbone} seed {unit.seed}"] = record.seconds
+            stats.trained_backbones += int(record.steps_this_call > 0)
+        _score(plan, ctx, records, runner, stats)
+    finally:
+        runner.close()
+    evaluations = [_evaluation(suite, label, seed, data, ctx, records)
+                   for seed in suite.seeds for label in suite.detectors]
+    run_record = {
         "suite": suite.name,
         "suite_file": str(suite_path),
         "suite_sha256": suite_hash,
         "profile": profile,
-        "device": device,
+        "device": compute.device,
+        "compute": compute.key_fields(),
+        "executor": runner.name,
         "seeds": suite.seeds,
         "metrics": suite.metrics,
         "balanced": suite.evaluation.balanced,
@@ -136,8 +149,10 @@ def run_suite(
         "missing": data.missing,
         "evaluations": evaluations,
         "backbones": {
-            f"{b}/seed{s}": {"checkpoint": str(t.path), "sha256": t.checkpoint_hash, "metadata": t.metadata}
-            for (b, s), t in trained.items()
+            f"{unit.backbone}/seed{unit.seed}": {"checkpoint": str(records[uid].path),
+                                                 "weights_sha256": records[uid].weights_hash,
+                                                 "metadata": records[uid].metadata}
+            for uid, unit in plan.train.items()
         },
     }
     stats.wall_s["total"] = time.perf_counter() - started
@@ -146,7 +161,9 @@ def run_suite(
         "git_revision": revision,
         "suite_sha256": suite_hash,
         "profile": profile,
-        "device": device,
+        "device": compute.device,
+        "compute": compute.key_fields(),
+        "executor": runner.name,
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -156,103 +173,114 @@ def run_suite(
         "trained_backbones": stats.trained_backbones,
         "scored_examples": stats.scored_examples,
     }
-    plan["provenance"] = provenance
-    plan["history"] = results.previous_runs(run_dir) + [{
+    run_record["provenance"] = provenance
+    run_record["history"] = results.previous_runs(run_dir) + [{
         k: provenance[k] for k in ("date", "git_revision", "profile", "device", "trained_backbones",
-                                   "scored_examples")
+                                   "scored_examples", "executor")
     } | {"wall_s": round(stats.wall_s["total"], 2), "wall_s_parts": provenance["wall_s"]}]
     store.set_attrs({"provenance": provenance})
-    results.write_plan(run_dir, plan)
-    records = results.records_from_cache(run_dir)
-    write_leaderboard(run_dir, records, data.missing, provenance | {"suite": suite.name, "seeds": suite.seeds,
-                                                                     "balanced": suite.evaluation.balanced},
-                      metrics=suite.metrics, console=console)
+    results.write_plan(run_dir, run_record)
     console.print(f"run directory: {run_dir}  ({stats.wall_s['total']:.1f} s, "
                   f"{stats.trained_backbones} backbone(s) trained, {stats.scored_examples} examples scored)")
     return run_dir, stats
 
 
-def _backbone(
-    suite: Suite, label: str, seed: int, data: SuiteData, device: str, checkpoint_dir: Path,
-    trained: dict[tuple[str, int], TrainedBackbone], stats: RunStats, console: Console,
-) -> TrainedBackbone:
-    """Train or load backbone ``label`` for ``seed`` once per run."""
-    if (label, seed) not in trained:
-        spec = suite.backbones[label]
-        t0 = time.perf_counter()
-        result = train_or_load(
-            spec.kind, registry("backbones").get(spec.kind), spec.params, spec.train, data.train, data.val,
-            seed=seed, device=device, checkpoint_dir=checkpoint_dir, console=console,
-            aux_set=data.auxiliary.get(label),
-        )
-        stats.wall_s[f"backbone {label} seed {seed}"] = time.perf_counter() - t0
-        stats.trained_backbones += int(result.steps_this_call > 0)
-        trained[(label, seed)] = result
-    return trained[(label, seed)]
+def _score(plan: Plan, ctx: RunContext, records: dict[str, TrainRecord], runner: Executor, stats: RunStats) -> None:
+    """Work out what is left to score, have ``runner`` score it, and finalize keys in batches."""
+    data, store = ctx.data, ctx.store
+    ctx.keys.update(score_keys(plan, data, {uid: r.weights_hash for uid, r in records.items()}))
+    stored = set(store.keys())
+    masks: dict[str, np.ndarray] = {}
+    jobs: list[ScoreJob] = []
+    remaining: dict[str, int] = {}  # key -> jobs still to finish before it can be finalized
+    for unit in plan.scores:
+        job = ScoreJob(unit)
+        for label in unit.detectors:
+            key = ctx.key(label, unit.seed, unit.set_label)
+            if key in stored:
+                continue
+            n = len(data.eval_sets[unit.set_label])
+            if key not in masks:
+                masks[key] = store.done_mask(key, n)
+            todo = unit.start + np.flatnonzero(~masks[key][unit.start:unit.stop])
+            remaining.setdefault(key, 0)
+            if todo.size:
+                job.todo[label] = todo
+                remaining[key] += 1
+        if job.todo:
+            jobs.append(job)
+    finished: list[Finished] = []
+    last_flush = [time.perf_counter()]
+
+    fields_of = {key: {**fields, "detector_label": label, "set": set_label}
+                 for (label, _, set_label), (key, fields) in ctx.keys.items()}
+
+    def finish(key: str) -> None:
+        finished.append(Finished(key, fields_of[key], len(data.eval_sets[fields_of[key]["set"]])))
+
+    def flush() -> None:
+        store.finalize_many(finished)
+        finished.clear()
+        last_flush[0] = time.perf_counter()
+
+    for key, count in remaining.items():
+        if count == 0:  # every example already in pending chunks (a run killed before it finalized)
+            finish(key)
+
+    def on_done(job: ScoreJob, outputs: dict[str, list[str]], chunks: list[Chunk],
+                seconds: dict[str, float]) -> None:
+        unit = job.unit
+        for label, idx, scores in chunks:
+            store.write_chunk(ctx.key(label, unit.seed, unit.set_label), idx, scores)
+        for label, todo in job.todo.items():
+            stats.scored_examples += len(todo)
+            key = ctx.key(label, unit.seed, unit.set_label)
+            remaining[key] -= 1
+            if remaining[key] == 0:
+                finish(key)
+        for label, s in seconds.items():
+            name = f"score {label} seed {unit.seed}"
+            stats.wall_s[name] = stats.wall_s.get(name, 0.0) + s
+        if time.perf_counter() - last_flush[0] >= FINALIZE_EVERY_S:
+            flush()
+
+    fits = [plan.fits[f] for f in dict.fromkeys(f for job in jobs for f in job.unit.fits)]
+    try:
+        runner.run(fits, jobs, ctx, on_done)
+    finally:
+        flush()  # what finished is kept even when a later unit fails
 
 
-def _build_detector(suite: Suite, label: str) -> Detector:
+def _evaluation(suite: Suite, label: str, seed: int, data: SuiteData, ctx: RunContext,
+                records: dict[str, TrainRecord]) -> dict[str, Any]:
+    """The run.json entry of one detector at one seed: its parameters, cache keys and cell marks."""
     spec = suite.detectors[label]
-    cls = registry("detectors").get(spec.detector or label)
-    return build_detector(cls, spec.params, f"detectors.{label}.params")
-
-
-def _evaluate(
-    suite: Suite, label: str, seed: int, detector: Detector, members: list[TrainedBackbone], data: SuiteData,
-    store: ScoreStore, batch_size: int | None, stats: RunStats, console: Console,
-) -> dict[str, Any]:
-    """Score every evaluation set with one detector instance (on one backbone, or a list of seed variants
-    when the detector asks for several), resuming from the cache."""
-    spec = suite.detectors[label]
-    kind = spec.detector or label
-    cls = type(detector)
+    detector = build_detector_instance(suite, label)
     params = detector.get_params()
-    backbone = members[0]
-    # the score depends on every member's weights
-    backbone_hash = backbone.checkpoint_hash if len(members) == 1 else digest(
-        [m.checkpoint_hash for m in members])
-    batch_size = batch_size or suite.evaluation.batch_size
+    members = ctx.plan.members[(label, seed)]
     entry: dict[str, Any] = {
         "detector": label,
-        "detector_kind": kind,
+        "detector_kind": spec.detector or label,
         "backbone": spec.backbone,
         "params": params,
         "params_str": ", ".join(f"{k}={v}" for k, v in params.items()),
         # labelled when the detector itself or its backbone's training used data beyond the ID train set
-        "uses_auxiliary_data": bool(cls.uses_auxiliary_data) or suite.backbones[spec.backbone].auxiliary is not None,
+        "uses_auxiliary_data": (bool(type(detector).uses_auxiliary_data)
+                                or suite.backbones[spec.backbone].auxiliary is not None),
         "seed": seed,
-        "backbone_checkpoint": backbone_hash,
-        "keys": {},
-        "marks": _cell_marks(suite, spec.backbone, data, getattr(backbone.model, "likelihood", None)),
+        "backbone_checkpoint": ctx.keys[(label, seed, data.id_label)][1]["backbone_checkpoint"],
+        "keys": {set_label: ctx.key(label, seed, set_label) for set_label in data.eval_sets},
+        "marks": _cell_marks(suite, spec.backbone, data, records[members[0]].metadata["params"].get("likelihood")),
     }
     if len(members) > 1:
-        entry["member_checkpoints"] = [m.checkpoint_hash for m in members]
-    fitted = False
-    t0 = time.perf_counter()
-    for set_label, images in data.eval_sets.items():
-        key, fields = score_key(
-            backbone_hash=backbone_hash, detector=kind, params=params,
-            detector_version=cls.version, dataset=images.fingerprint, seed=seed,
-        )
-        entry["keys"][set_label] = key
-        if store.get(key) is not None:
-            continue
-        todo = np.flatnonzero(~store.done_mask(key, len(images)))
-        if todo.size:
-            if not fitted:
-                fit_data = data.detector_fit if data.detector_fit is not None and len(data.detector_fit) else data.train
-                detector.fit(backbone.model if len(members) == 1 else [m.model for m in members], fit_data)
-                fitted = True
-            _score_missing(detector, f"{label}/{set_label}", images, todo, seed, key, store, batch_size, console)
-            stats.scored_examples += int(todo.size)
-        store.finalize(key, {**fields, "detector_label": label, "set": set_label}, len(images))
-    stats.wall_s[f"score {label} seed {seed}"] = time.perf_counter() - t0
-    entry["outputs"] = sorted(store.get(next(iter(entry["keys"].values()))) or {})
+        entry["member_checkpoints"] = [records[m].weights_hash for m in members]
+    scores = ctx.store.get(next(iter(entry["keys"].values())))
+    entry["outputs"] = sorted(scores or {})
     return entry
 
 
 def _cell_marks(suite: Suite, backbone: str, data: SuiteData, likelihood: str | None) -> dict[str, list[str]]:
-    """The caveats of this evaluation's cells (:mod:`ood_bench.report.marks`), by evaluation-set label."""
+    """The caveats of this evaluation's cells (:mod:`ood_bench.suite.marks`), by evaluation-set label."""
     ref = suite.in_distribution
     datasets = {label: ref.dataset for label, role in data.roles.items() if role in ("id", "sanity")}
     datasets |= {ood.display_name: ood.dataset for ood in suite.ood if ood.display_name in data.eval_sets}
@@ -260,35 +288,3 @@ def _cell_marks(suite: Suite, backbone: str, data: SuiteData, likelihood: str | 
     return marks.cell_marks(datasets, aux.dataset if aux is not None else None, likelihood)
 
 
-def _score_missing(
-    detector: Detector, title: str, images: ImageSet, todo: np.ndarray, seed: int, key: str,
-    store: ScoreStore, batch_size: int, console: Console,
-) -> None:
-    """Score the examples ``todo`` of one set in batches, persisting each batch as a cache chunk."""
-    expected = set(detector.outputs())
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[rate]}")]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"score {title}", total=len(todo), rate="")
-        t0 = time.perf_counter()
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start:start + batch_size]
-            batch = Batch(torch.from_numpy(images.images[idx]), idx, images.fingerprint, seed)
-            scores = detector.score(batch)
-            _check_scores(detector, scores, expected, len(idx))
-            store.write_chunk(key, idx, scores)
-            done = start + len(idx)
-            progress.update(task, completed=done, rate=f"{done / (time.perf_counter() - t0):.0f} ex/s")
-
-
-def _check_scores(detector: Detector, scores: dict[str, np.ndarray], expected: set[str], n: int) -> None:
-    if set(scores) != expected:
-        raise RuntimeError(f"detector '{detector.name}' returned outputs {sorted(scores)}, "
-                           f"but declared {sorted(expected)}")
-    for name, values in scores.items():
-        values = np.asarray(values)
-        if values.shape != (n,) or values.dtype != np.float64:
-            raise RuntimeError(f"detector '{detector.name}' output '{name}' must be float64 of shape ({n},), "
-                               f"got {values.dtype} {values.shape}")
-        if not np.isfinite(values).all():
-            raise RuntimeError(f"detector '{detector.name}' output '{name}' has non-finite scores")

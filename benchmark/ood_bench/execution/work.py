@@ -1,0 +1,120 @@
+"""What a unit of work does, wherever it runs: the one code path of the local and the Ray executors.
+
+A unit's inputs are plain values (suite, image sets, checkpoint paths, the numerics policy); its scores are
+returned through a ``sink`` (the local executor writes each batch to the store as it comes; a Ray worker
+collects them and returns them to the driver, the only writer of the store).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ood_bench.compute import Compute
+from ood_bench.data.imageset import ImageSet
+from ood_bench.detectors.base import Batch, Detector
+from ood_bench.execution.plan import FitUnit, ScoreUnit, TrainUnit, build_detector_instance
+from ood_bench.models.base import Backbone
+from ood_bench.models.training import TrainedBackbone, load_trained, train_or_load
+from ood_bench.registry import registry
+from ood_bench.suite.schema import Suite
+
+Sink = Callable[[str, np.ndarray, dict[str, np.ndarray]], None]
+"""``sink(detector label, example indices, {output: float64 scores})``, called once per scored batch."""
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """The data one train unit needs (and nothing else: a worker receives only these sets)."""
+
+    train: ImageSet
+    val: ImageSet
+    aux: ImageSet | None = None
+
+
+def train(unit: TrainUnit, suite: Suite, inputs: TrainInputs, compute: Compute, checkpoint_dir: Path,
+          console: Console) -> TrainedBackbone:
+    """Train or load the unit's backbone (a per-key lock makes concurrent callers train it once)."""
+    spec = suite.backbones[unit.backbone]
+    return train_or_load(spec.kind, registry("backbones").get(spec.kind), spec.params, spec.train, inputs.train,
+                         inputs.val, seed=unit.seed, compute=compute, checkpoint_dir=checkpoint_dir,
+                         console=console, aux_set=inputs.aux)
+
+
+def load_member(suite: Suite, unit: TrainUnit, compute: Compute) -> TrainedBackbone:
+    """A finished backbone checkpoint, loaded for scoring on ``compute``'s device."""
+    return load_trained(unit.path, registry("backbones").get(suite.backbones[unit.backbone].kind), compute.device)
+
+
+def fitted_detector(suite: Suite, label: str, models: list[Backbone], fit_data: ImageSet,
+                    fit_cache_dir: Path) -> Detector:
+    """The detector of suite entry ``label`` fitted on its backbone (or ensemble members)."""
+    detector = build_detector_instance(suite, label)
+    detector.fit_cache_dir = fit_cache_dir
+    detector.fit(models[0] if len(models) == 1 else models, fit_data)
+    return detector
+
+
+def fit(unit: FitUnit, suite: Suite, models: list[Backbone], fit_data: ImageSet, fit_cache_dir: Path) -> None:
+    """Run a costly fit once so that its statistics are in ``fit_cache_dir`` before scoring needs them."""
+    fitted_detector(suite, unit.detector, models, fit_data, fit_cache_dir)
+
+
+def score(unit: ScoreUnit, suite: Suite, models: list[Backbone], images: ImageSet, fit_data: ImageSet,
+          todo: dict[str, np.ndarray], batch_size: int, compute: Compute, fit_cache_dir: Path, sink: Sink,
+          progress: Callable[[int], None] | None = None) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Score the unit's range of ``images`` with each of its detectors that has examples in ``todo``.
+
+    Batches lie on the run's grid (``[b, b + batch_size)`` for b a multiple of ``batch_size``), so a batch is
+    the same wherever and in whatever unit it is scored; a detector scores a batch when any of its examples is
+    still to do. Returns each detector's declared outputs and the seconds it took (fit included).
+    """
+    outputs: dict[str, list[str]] = {}
+    seconds: dict[str, float] = {}
+    detectors: dict[str, Detector] = {}
+    for label in unit.detectors:
+        t0 = time.perf_counter()
+        detector = fitted_detector(suite, label, models, fit_data, fit_cache_dir)
+        detectors[label] = detector
+        outputs[label] = list(detector.outputs())
+        seconds[label] = time.perf_counter() - t0
+    pending = {label: np.zeros(len(images), dtype=bool) for label in unit.detectors}
+    for label, idx in todo.items():
+        pending[label][idx] = True
+    for start in range(unit.start, unit.stop, batch_size):
+        idx = np.arange(start, min(start + batch_size, unit.stop))
+        batch = Batch(torch.from_numpy(images.images[idx]), idx, images.fingerprint, unit.seed)
+        for label, detector in detectors.items():
+            if not pending[label][idx].any():
+                continue
+            t0 = time.perf_counter()
+            with compute.autocast():
+                scores = detector.score(batch)
+            seconds[label] += time.perf_counter() - t0
+            check_scores(label, detector, scores, set(outputs[label]), len(idx))
+            sink(label, idx, scores)
+        if progress is not None:
+            progress(len(idx))
+    return outputs, seconds
+
+
+def check_scores(label: str, detector: Detector, scores: Any, expected: set[str], n: int) -> None:
+    """RuntimeError unless ``scores`` has exactly the declared outputs, each float64 of shape (n,), finite."""
+    if not isinstance(scores, dict) or set(scores) != expected:
+        got = sorted(scores) if isinstance(scores, dict) else type(scores).__name__
+        raise RuntimeError(f"detector '{label}' ({detector.name}) returned outputs {got}, "
+                           f"but declared {sorted(expected)}")
+    for name, values in scores.items():
+        values = np.asarray(values)
+        if values.shape != (n,) or values.dtype != np.float64:
+            raise RuntimeError(f"detector '{label}' ({detector.name}) output '{name}' must be float64 of shape "
+                               f"({n},), got {values.dtype} {values.shape}")
+        if not np.isfinite(values).all():
+            raise RuntimeError(f"detector '{label}' ({detector.name}) output '{name}' has non-finite scores")

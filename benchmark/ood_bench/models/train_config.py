@@ -1,0 +1,86 @@
+"""The ``train`` section of a suite backbone entry: optimisation settings, validated, with their schedules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ood_bench.models.base import config_from_params
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the ``train`` section of a suite backbone entry).
+
+    Fractions are of the total number of optimiser steps. Free bits (nats per latent layer) are held for
+    ``free_bits_hold_fraction`` of training and annealed linearly to 0 by ``free_bits_end_fraction``;
+    the KL weight beta rises linearly from 0 to 1 over ``warmup_fraction``; the learning rate follows a
+    cosine from ``lr`` to ``lr_min``. ``patience``: stop after this many validations without a better
+    validation ELBO (None: never stop early).
+    """
+
+    epochs: float = 4
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_min: float = 1e-4
+    grad_clip: float | None = 100.0
+    warmup_fraction: float = 0.2
+    free_bits: float = 2.0
+    free_bits_hold_fraction: float = 0.2
+    free_bits_end_fraction: float = 0.4
+    val_every_epochs: float = 1
+    val_batch_size: int = 500
+    patience: int | None = None
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"train setting {name!r} must be {expected}, got {getattr(self, name)!r}")
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def positive_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+        def fraction(v: Any) -> bool:
+            return number(v) and 0 <= v <= 1
+
+        need(number(self.epochs) and self.epochs > 0, "epochs", "a positive number")
+        need(positive_int(self.batch_size), "batch_size", "a positive integer")
+        need(number(self.lr) and self.lr > 0, "lr", "a positive number")
+        need(number(self.lr_min) and 0 <= self.lr_min <= self.lr, "lr_min", "a number in [0, lr]")
+        need(self.grad_clip is None or (number(self.grad_clip) and self.grad_clip > 0), "grad_clip",
+             "a positive number or null")
+        need(number(self.free_bits) and self.free_bits >= 0, "free_bits", "a number >= 0")
+        for name in ("warmup_fraction", "free_bits_hold_fraction", "free_bits_end_fraction"):
+            need(fraction(getattr(self, name)), name, "a number in [0, 1]")
+        need(self.free_bits_end_fraction >= self.free_bits_hold_fraction, "free_bits_end_fraction",
+             "at least free_bits_hold_fraction")
+        need(number(self.val_every_epochs) and self.val_every_epochs > 0, "val_every_epochs",
+             "a positive number")
+        need(positive_int(self.val_batch_size), "val_batch_size", "a positive integer")
+        need(self.patience is None or positive_int(self.patience), "patience", "a positive integer or null")
+
+    @classmethod
+    def validate(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config for ``values``; ValueError names unknown keys (and the allowed ones) or bad values."""
+        return config_from_params(cls, values, "train")
+
+    def beta(self, progress: float) -> float:
+        """KL weight at ``progress`` (fraction of steps done)."""
+        return 1.0 if self.warmup_fraction == 0 else min(1.0, progress / self.warmup_fraction)
+
+    def free_bits_at(self, progress: float) -> float:
+        """Free-bits budget (nats per layer) at ``progress``."""
+        hold, end = self.free_bits_hold_fraction, self.free_bits_end_fraction
+        if progress < hold:
+            return self.free_bits
+        if progress >= end:
+            return 0.0
+        return self.free_bits * (end - progress) / (end - hold)
+
+    def lr_at(self, progress: float) -> float:
+        """Learning rate at ``progress``: cosine from lr to lr_min."""
+        return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * min(progress, 1.0)))
