@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from ood_bench.data.imageset import ImageSet
 from ood_bench.models.base import BoundTerms
 from ood_bench.models.heads import DiscretizedLogisticMixtureHead
@@ -304,3 +306,44 @@ def test_compact_stages_have_no_residual_blocks_and_fit_every_shape(shape):
     model.data_dependent_init(x)
     terms = model.bound(x, model.draw_noise(example_generators(0, "compact", range(3), "z"), 1))
     assert terms.log_px.shape == (3,) and torch.isfinite(terms.bound).all()
+
+
+def _suite_backbones() -> list[tuple[str, dict]]:
+    """(kind, params) of every backbone of every shipped suite and profile (profiles merged as a run does)."""
+    from ood_bench.suite.load import load_suite
+
+    found = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "suites").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        for profile in ["cpu", *(raw.get("profiles") or {})]:
+            suite, _ = load_suite(path, profile)
+            for spec in suite.backbones.values():
+                key = (spec.kind, spec.params.get("objective", "elbo"), spec.params.get("likelihood"))
+                found.setdefault(key, (spec.kind, spec.params))
+    return sorted(found.values(), key=lambda kp: repr(kp))
+
+
+def _case_id(value) -> str:
+    return value if isinstance(value, str) else f"{value.get('objective', 'elbo')}-{value.get('likelihood')}"
+
+
+@pytest.mark.parametrize("kind, params", _suite_backbones(), ids=_case_id)
+def test_every_suite_backbone_kind_and_objective_reloads_from_its_checkpoint(tmp_path, kind, params):
+    from ood_bench.models.training import load_trained
+    from ood_bench.registry import registry
+
+    cls = registry("backbones").get(kind)
+    tiny = dict(params)
+    if kind == "hvae":
+        tiny.update(TINY_GRAY, latent_shapes=[[2, 4, 4], [3], [2]])
+    else:
+        tiny.update(channels=[4], hidden=8, latent_dim=min(params.get("latent_dim", 4), 4))
+    train, val = _sets()
+    aux = ImageSet("tiny-aux", train.images[:16], "aux-fp") if cls.auxiliary_use(tiny) == "required" else None
+    result = train_or_load(kind, cls, tiny, {"epochs": 1, "batch_size": 16, "val_batch_size": 8}, train, val,
+                           seed=0, compute="cpu", checkpoint_dir=tmp_path, console=Console(quiet=True),
+                           aux_set=aux)
+    reloaded = load_trained(result.path, cls)  # what `ood-bench report` does with a run's checkpoint
+    assert reloaded.weights_hash == result.weights_hash
+    for a, b in zip(result.model.state_dict().values(), reloaded.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -25,7 +25,7 @@ The model is the plain VAE of :mod:`ood_bench.models.vae`: ``posterior``, ``deco
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -53,15 +53,22 @@ class ObjectiveParams:
     generator_term: bool = True
 
 
+OWNERS = {"simple_prior_std": "bpvae", "literal_eq5": "bpvae", "negatives": "negative_sampling",
+          "negative_shift": "negative_sampling", "generator_term": "negative_sampling"}
+"""Which objective each ``objective_params`` field belongs to."""
+
+
+def own_params(objective: str, cfg: ObjectiveParams) -> dict[str, Any]:
+    """The fields of ``cfg`` that ``objective`` uses: what a checkpoint records, and what loads it back."""
+    return {k: v for k, v in asdict(cfg).items() if OWNERS[k] == objective}
+
+
 def validate(objective: str, params: dict[str, Any]) -> ObjectiveParams:
     """The settings of ``objective``; ValueError names an unknown objective, key or bad value."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
     cfg = config_from_params(ObjectiveParams, params or {}, "objective")
-    owners = {"simple_prior_std": "bpvae", "literal_eq5": "bpvae",
-              "negatives": "negative_sampling", "negative_shift": "negative_sampling",
-              "generator_term": "negative_sampling"}
-    foreign = sorted(k for k in params or {} if owners[k] != objective)
+    foreign = sorted(k for k in params or {} if OWNERS[k] != objective)
     if foreign:
         raise ValueError(f"objective_params {', '.join(foreign)} do not apply to objective {objective!r}")
     v = cfg.simple_prior_std

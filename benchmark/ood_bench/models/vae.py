@@ -165,7 +165,8 @@ class ConvVAE(Backbone):
         if self.objective == "elbo":  # plain-ELBO checkpoint keys stay what they were before objectives existed
             del out["objective"], out["objective_params"]
         else:
-            out["objective_params"] = asdict(self.objective_params)
+            # only the objective's own fields: the others would be refused when the checkpoint is loaded back
+            out["objective_params"] = objectives.own_params(self.objective, self.objective_params)
         return out
 
     def latent_shapes(self) -> list[tuple[int, ...]]:
