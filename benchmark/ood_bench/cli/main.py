@@ -1,4 +1,7 @@
-"""The ``ood-bench`` command line: run, plan, show, compare, report, list, data."""
+"""The ``ood-bench`` command line: run, plan, validate, show, compare, report, list, data.
+
+A thin layer over the Python API (:mod:`ood_bench.api`) and the modules it calls.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +25,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ood-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train or load backbones, score every set, write the leaderboard")
+    run = sub.add_parser("run", help="train or load backbones, score every set, write the leaderboard",
+                         epilog=EXAMPLES["run"], formatter_class=argparse.RawDescriptionHelpFormatter)
     plan = sub.add_parser("plan", help="the units of work of a run, their keys, dependencies and cache status; "
-                                       "trains and scores nothing")
-    for p in (run, plan):
+                                       "trains and scores nothing",
+                          epilog=EXAMPLES["plan"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    validate = sub.add_parser("validate", help="validate a suite (schema, names, parameters); loads no data",
+                              epilog=EXAMPLES["validate"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    for p in (run, plan, validate):
         p.add_argument("suite", type=Path, help="suite YAML file, e.g. suites/fmnist.yaml")
         p.add_argument("--profile", default="cpu", help="budget profile defined in the suite (default: cpu)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a suite field by its dotted path, value as YAML (repeatable), e.g. "
+                            "--set detectors.llr.params.iwae_samples=8 --set seeds=[0,1,2]")
+        p.add_argument("--detectors", default=None, metavar="A,B", help="run only these detector entries")
+        p.add_argument("--ood", default=None, metavar="A,B", help="evaluate only these OOD sets (by label)")
+    for p in (run, plan):
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
         p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
                        help="numerics (default fp32: exact, deterministic; tf32/bf16 trade accuracy for speed "
@@ -54,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --executor ray --device cuda: GPUs per task (fractions share a GPU; default 1)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (for tools)")
 
-    show = sub.add_parser("show", help="print the leaderboard of a cached run")
+    show = sub.add_parser("show", help="print the leaderboard of a cached run",
+                          epilog=EXAMPLES["show"], formatter_class=argparse.RawDescriptionHelpFormatter)
     show.add_argument("run_dir", type=Path)
+    show.add_argument("--format", choices=["table", "md", "csv", "json"], default=None,
+                      help="table (default on a terminal), md (default when piped), csv or json")
 
     compare = sub.add_parser("compare", help="compare two or more cached runs side by side, with deltas")
     compare.add_argument("run_dirs", type=Path, nargs="+")
@@ -100,6 +116,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+EXAMPLES = {
+    "run": "example:\n  ood-bench run suites/fmnist.yaml --set evaluation.max_examples=1000 --detectors llr,likelihood",
+    "plan": "example:\n  ood-bench plan suites/fmnist.yaml --profile paper --json",
+    "validate": "example:\n  ood-bench validate suites/fmnist.yaml --profile paper",
+    "show": "example:\n  ood-bench show results/fmnist --format csv > board.csv",
+}
+
+
+def _suite_options(args: argparse.Namespace) -> dict:
+    """``--set``, ``--detectors`` and ``--ood`` as keyword arguments of load_suite / run_suite."""
+    import yaml
+
+    overrides = {}
+    for item in args.overrides:
+        field, sep, text = item.partition("=")
+        if not sep or not field:
+            raise UserError(f"--set expects FIELD=VALUE (a dotted suite field, a YAML value), got '{item}'; "
+                            f"e.g. --set detectors.llr.params.iwae_samples=8.")
+        try:
+            overrides[field.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {item}: the value is not valid YAML ({exc}).") from None
+
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+    return {"overrides": overrides, "detectors": names(args.detectors), "ood": names(args.ood)}
+
+
 def _check_sizes(args: argparse.Namespace) -> None:
     for flag, value in (("--batch-size", args.batch_size), ("--examples-per-unit", args.examples_per_unit)):
         if value is not None and value < 1:
@@ -107,23 +152,26 @@ def _check_sizes(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    from ood_bench.api import run_suite
     from ood_bench.execution.executor import make_executor
-    from ood_bench.report.leaderboard import write_leaderboard
-    from ood_bench.suite.results import read_plan, records_from_cache
-    from ood_bench.suite.runner import run_suite
 
     _check_sizes(args)
+    options = _suite_options(args)
     executor = make_executor(args.executor, address=args.address, gpus_per_task=args.gpus_per_task)
-    run_dir, _ = run_suite(args.suite, profile=args.profile, device=args.device, precision=args.precision,
-                           threads=args.threads,
-                           executor=executor, results_root=args.results, strict=args.strict,
-                           download=not args.offline, batch_size=args.batch_size, checkpoint_dir=args.checkpoints,
-                           examples_per_unit=args.examples_per_unit, console=console)
-    record = read_plan(run_dir)
-    prov = record["provenance"]
-    write_leaderboard(run_dir, records_from_cache(run_dir), record["missing"],
-                      prov | {"suite": record["suite"], "seeds": record["seeds"], "balanced": record["balanced"]},
-                      metrics=record["metrics"], console=console)
+    run_suite(args.suite, profile=args.profile, **options, results=args.results, checkpoints=args.checkpoints,
+              device=args.device, precision=args.precision, threads=args.threads, executor=executor,
+              batch_size=args.batch_size, examples_per_unit=args.examples_per_unit, strict=args.strict,
+              download=not args.offline, console=console)
+    return 0
+
+
+def _validate(args: argparse.Namespace, console: Console) -> int:
+    from ood_bench.suite.load import load_suite
+
+    suite, digest = load_suite(args.suite, args.profile, **_suite_options(args))
+    console.print(f"{args.suite}: valid suite '{suite.name}' (profile {args.profile}): {len(suite.seeds)} seed(s), "
+                  f"{len(suite.backbones)} backbone(s), {len(suite.detectors)} detector(s), {len(suite.ood)} OOD "
+                  f"set(s); sha256 {digest[:12]}")
     return 0
 
 
@@ -134,7 +182,7 @@ def _plan(args: argparse.Namespace, console: Console) -> int:
     from ood_bench.suite.runner import prepare
 
     _check_sizes(args)
-    suite, _, data, plan, _ = prepare(args.suite, profile=args.profile, device=args.device,
+    suite, _, data, plan, _ = prepare(args.suite, profile=args.profile, **_suite_options(args), device=args.device,
                                       precision=args.precision, threads=args.threads, results_root=args.results,
                                       strict=args.strict, download=not args.offline, batch_size=args.batch_size,
                                       checkpoint_dir=args.checkpoints, examples_per_unit=args.examples_per_unit)
@@ -147,12 +195,23 @@ def _plan(args: argparse.Namespace, console: Console) -> int:
 
 
 def _show(args: argparse.Namespace, console: Console) -> int:
-    from ood_bench.report.leaderboard import leaderboard_table, print_table
+    from ood_bench.report.leaderboard import leaderboard_table, print_table, render_markdown, summarize_records
     from ood_bench.suite.results import read_plan, records_from_cache
 
     plan = read_plan(args.run_dir)
-    table = leaderboard_table(records_from_cache(args.run_dir), plan["metrics"], missing=plan["missing"])
-    print_table(table, console, title=f"{plan['suite']} ({plan['profile']} profile)")
+    records = records_from_cache(args.run_dir)
+    fmt = args.format or ("table" if console.is_terminal else "md")
+    if fmt == "csv":
+        sys.stdout.write(summarize_records(records, plan["metrics"]).to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(summarize_records(records, plan["metrics"]).to_json(orient="records", indent=1) + "\n")
+    else:
+        table = leaderboard_table(records, plan["metrics"], missing=plan["missing"])
+        if fmt == "md":  # whole cells, no terminal width: for pipes, files and notebooks
+            prov = plan["provenance"] | {"suite": plan["suite"], "seeds": plan["seeds"], "balanced": plan["balanced"]}
+            sys.stdout.write(render_markdown(table, plan["missing"], prov) + "\n")
+        else:
+            print_table(table, console, title=f"{plan['suite']} ({plan['profile']} profile)")
     return 0
 
 
@@ -226,8 +285,8 @@ def _data(args: argparse.Namespace, console: Console) -> int:
     return 1 if bad else 0
 
 
-COMMANDS = {"run": _run, "plan": _plan, "show": _show, "compare": _compare, "report": _report, "list": _list,
-            "data": _data}
+COMMANDS = {"run": _run, "plan": _plan, "validate": _validate, "show": _show, "compare": _compare,
+            "report": _report, "list": _list, "data": _data}
 
 
 if __name__ == "__main__":

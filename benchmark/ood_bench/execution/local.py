@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import time
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from ood_bench.execution import work
 from ood_bench.execution.executor import OnDone, RunContext, ScoreJob, TrainRecord
 from ood_bench.execution.plan import FitUnit, TrainUnit
 from ood_bench.models.base import Backbone
 from ood_bench.models.training import TrainedBackbone
+from ood_bench.progress import track
 
 
 class LocalExecutor:
@@ -44,26 +43,18 @@ class LocalExecutor:
         suite = ctx.plan.suite
         for unit in fits:
             work.fit(unit, suite, self._models(unit.members, ctx), ctx.fit_data, ctx.fit_cache_dir)
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[rate]}")]
         for job in jobs:
             unit = job.unit
-            t0 = time.perf_counter()
-            with Progress(*columns, console=ctx.console, transient=False) as progress:
-                task = progress.add_task(f"score {','.join(unit.detectors)}/{unit.set_label}",
-                                         total=unit.stop - unit.start, rate="")
-
-                def advance(n: int, task=task, progress=progress, t0=t0) -> None:
-                    progress.advance(task, n)
-                    done = progress.tasks[0].completed
-                    progress.update(task, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.0f} ex/s")
+            with track(ctx.console, f"score {','.join(unit.detectors)}/{unit.set_label}", unit.stop - unit.start,
+                       ) as progress:
 
                 def sink(label: str, idx, scores, unit=unit) -> None:
                     ctx.store.write_chunk(ctx.key(label, unit.seed, unit.set_label), idx, scores)
 
                 outputs, seconds = work.score(unit, suite, self._models(unit.members, ctx),
-                                     ctx.data.eval_sets[unit.set_label], ctx.fit_data, job.todo,
-                                     ctx.plan.batch_size, ctx.compute, ctx.fit_cache_dir, sink, advance)
+                                              ctx.data.eval_sets[unit.set_label], ctx.fit_data, job.todo,
+                                              ctx.plan.batch_size, ctx.compute, ctx.fit_cache_dir, sink,
+                                              progress.advance)
             on_done(job, outputs, [], seconds)
 
     def close(self) -> None:

@@ -70,39 +70,53 @@ def fit(unit: FitUnit, suite: Suite, models: list[Backbone], fit_data: ImageSet,
 def score(unit: ScoreUnit, suite: Suite, models: list[Backbone], images: ImageSet, fit_data: ImageSet,
           todo: dict[str, np.ndarray], batch_size: int, compute: Compute, fit_cache_dir: Path, sink: Sink,
           progress: Callable[[int], None] | None = None) -> tuple[dict[str, list[str]], dict[str, float]]:
-    """Score the unit's range of ``images`` with each of its detectors that has examples in ``todo``.
+    """Fit the unit's detectors and score its range of ``images`` with each that has examples in ``todo``.
 
-    Batches lie on the run's grid (``[b, b + batch_size)`` for b a multiple of ``batch_size``), so a batch is
-    the same wherever and in whatever unit it is scored; a detector scores a batch when any of its examples is
-    still to do. Returns each detector's declared outputs and the seconds it took (fit included).
+    Returns each detector's declared outputs and the seconds it took (fit included).
     """
-    outputs: dict[str, list[str]] = {}
-    seconds: dict[str, float] = {}
     detectors: dict[str, Detector] = {}
+    seconds: dict[str, float] = {}
     for label in unit.detectors:
         t0 = time.perf_counter()
-        detector = fitted_detector(suite, label, models, fit_data, fit_cache_dir)
-        detectors[label] = detector
-        outputs[label] = list(detector.outputs())
+        detectors[label] = fitted_detector(suite, label, models, fit_data, fit_cache_dir)
         seconds[label] = time.perf_counter() - t0
     pending = {label: np.zeros(len(images), dtype=bool) for label in unit.detectors}
     for label, idx in todo.items():
         pending[label][idx] = True
-    for start in range(unit.start, unit.stop, batch_size):
-        idx = np.arange(start, min(start + batch_size, unit.stop))
-        batch = Batch(torch.from_numpy(images.images[idx]), idx, images.fingerprint, unit.seed)
+    timed = score_range(detectors, images, unit.seed, unit.start, unit.stop, batch_size, compute, sink,
+                        wanted=lambda label, idx: bool(pending[label][idx].any()), progress=progress)
+    return {label: list(d.outputs()) for label, d in detectors.items()}, {
+        label: seconds[label] + timed[label] for label in detectors}
+
+
+def score_range(detectors: dict[str, Detector], images: ImageSet, seed: int, start: int, stop: int,
+                batch_size: int, compute: Compute, sink: Sink,
+                wanted: Callable[[str, np.ndarray], bool] | None = None,
+                progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Score examples ``[start, stop)`` with fitted detectors, batch by batch on the run's grid.
+
+    Batches are ``[b, b + batch_size)`` for b a multiple of ``batch_size``, so a batch is the same wherever
+    and in whatever unit it is scored (a suite run, a Ray task, :func:`ood_bench.api.score`): the same
+    batch gives the same bits. ``wanted(label, indices)`` skips batches a detector already has. Returns the
+    seconds each detector spent scoring.
+    """
+    seconds = dict.fromkeys(detectors, 0.0)
+    expected = {label: set(d.outputs()) for label, d in detectors.items()}
+    for b in range(start - start % batch_size, stop, batch_size):
+        idx = np.arange(max(b, start), min(b + batch_size, stop))
+        batch = Batch(torch.from_numpy(images.images[idx]), idx, images.fingerprint, seed)
         for label, detector in detectors.items():
-            if not pending[label][idx].any():
+            if wanted is not None and not wanted(label, idx):
                 continue
             t0 = time.perf_counter()
             with compute.autocast():
                 scores = detector.score(batch)
             seconds[label] += time.perf_counter() - t0
-            check_scores(label, detector, scores, set(outputs[label]), len(idx))
+            check_scores(label, detector, scores, expected[label], len(idx))
             sink(label, idx, scores)
         if progress is not None:
             progress(len(idx))
-    return outputs, seconds
+    return seconds
 
 
 def check_scores(label: str, detector: Detector, scores: Any, expected: set[str], n: int) -> None:

@@ -21,14 +21,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from ood_bench.compute import Compute
 from ood_bench.data.imageset import ImageSet
@@ -36,6 +28,7 @@ from ood_bench.models.base import Backbone
 from ood_bench.models.checkpoints import load_checkpoint, save_atomic
 from ood_bench.models.train_config import TrainConfig
 from ood_bench.numerics import LN2, example_generators, example_seed
+from ood_bench.progress import track
 
 PARTIAL_FORMAT = "ood-bench-backbone-partial/1"
 PARTIAL_EVERY_S = 600.0
@@ -102,8 +95,8 @@ class TrainingRun:
         val_inputs = self._validation_inputs()
         start_step = self.step
         interrupted = threading.Event()
-        with _deferred_sigint(interrupted), self._progress() as progress:
-            task = progress.add_task("training", total=self.total_steps, completed=self.step, stats="")
+        with _deferred_sigint(interrupted), track(self.console, f"training {self.key[:12]}", self.total_steps,
+                                                  self.step, unit="steps") as progress:
             window_start, window_images = time.perf_counter(), 0
             while self.step < self.total_steps and not self.stopped_early:
                 epoch, offset = divmod(self.step, self.steps_per_epoch)
@@ -114,10 +107,10 @@ class TrainingRun:
                     logs = self._step(order[first : first + config.batch_size])
                     self.elapsed_s += time.perf_counter() - t0
                     window_images += logs.pop("_images")
-                    progress.update(task, advance=1)
+                    progress.advance(1)
                     if self.step % LOG_EVERY_STEPS == 0 or self.step == self.total_steps:
                         rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                        progress.update(task, stats=_format_logs(_floats(logs), rate))
+                        progress.stats(_format_logs(_floats(logs), rate))
                         window_start, window_images = time.perf_counter(), 0
                     if self.step % self.val_interval == 0 or self.step == self.total_steps:
                         self._validate(val_inputs)
@@ -272,11 +265,6 @@ class TrainingRun:
             "torch_version": str(torch.__version__), "num_threads": torch.get_num_threads(),
         }
 
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=self.console,
-        )
 
 
 def _floats(logs: dict[str, Any]) -> dict[str, float]:

@@ -222,7 +222,9 @@ def _load_images(plan: dict[str, Any], suite_path: Path | None) -> tuple[dict | 
 
     path = Path(suite_path or plan.get("suite_file", ""))
     try:
-        suite, _ = load_suite(path, plan["profile"])
+        subset = plan.get("subset") or {}
+        suite, _ = load_suite(path, plan["profile"], plan.get("overrides"), subset.get("detectors"),
+                              subset.get("ood"))
         data = resolve(suite, strict=False, download=False)
     except (UserError, OSError, ValueError) as exc:
         return None, f"could not load the suite's images ({str(exc).splitlines()[0]}); pass --suite"

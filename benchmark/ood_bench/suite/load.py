@@ -51,9 +51,62 @@ def read_suite_file(path: Path) -> tuple[dict[str, Any], str]:
     return raw, hashlib.sha256(data).hexdigest()
 
 
-def load_suite(path: Path, profile: str = "cpu") -> tuple[Suite, str]:
-    """Validate a suite file under ``profile``; returns the suite and the sha256 of the file."""
+SuiteSource = Path | str | dict | Suite
+"""A suite file, an already-parsed mapping (e.g. from a notebook), or a validated :class:`Suite`."""
+
+
+def _raw_of(source: SuiteSource) -> tuple[dict[str, Any], str, Path, str]:
+    """(raw mapping, digest, the folder relative paths resolve against, how to name the source in errors)."""
+    if isinstance(source, Suite):
+        raw = source.model_dump(mode="json")
+        raw.pop("profile", None)
+        raw["profiles"] = {}  # a validated suite already has its profile applied
+        return raw, hashlib.sha256(canonical_json(raw).encode()).hexdigest(), Path.cwd(), f"suite '{source.name}'"
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+        return raw, hashlib.sha256(canonical_json(raw).encode()).hexdigest(), Path.cwd(), "the suite mapping"
+    path = Path(source)
     raw, digest = read_suite_file(path)
+    return raw, digest, path.resolve().parent, str(path)
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    """Set ``raw[a][b]...`` for ``dotted`` = "a.b..." (list items by index), creating missing mappings."""
+    parts = dotted.split(".")
+    if not dotted or any(not p for p in parts):
+        raise UserError(f"{where}: override '{dotted}' is not a dotted field path such as "
+                        f"'evaluation.max_examples' or 'detectors.llr.params.iwae_samples'.")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"{where}: override '{dotted}': '{'.'.join(parts[:i])}' is a list of {len(node)} "
+                                f"items; use an index from 0 to {len(node) - 1}.")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise UserError(f"{where}: override '{dotted}': '{'.'.join(parts[:i])}' is a value, not a mapping.")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def load_suite(source: SuiteSource, profile: str = "cpu", overrides: dict[str, Any] | None = None,
+               detectors: list[str] | None = None, ood: list[str] | None = None) -> tuple[Suite, str]:
+    """Validate a suite under ``profile``; returns the suite and the sha256 of its source.
+
+    ``overrides`` ({dotted path: value}) are applied to the raw mapping after the profile and before
+    validation, so an error names the overridden field. ``detectors`` and ``ood`` keep only those detector
+    entries and OOD sets (by label). Neither changes the cache keys of what is computed. Relative ``path``
+    parameters of datasets resolve against the suite file's folder.
+    """
+    raw, digest, base, where = _raw_of(source)
+    path = where
     profiles = raw.get("profiles") or {}
     if not isinstance(profiles, dict):
         raise UserError(f"{path}: field 'profiles' must map profile names to overrides, got {type(profiles).__name__}.")
@@ -61,16 +114,47 @@ def load_suite(path: Path, profile: str = "cpu") -> tuple[Suite, str]:
         if not isinstance(profiles[profile], dict):
             raise UserError(f"{path}: profile '{profile}' must be a mapping of overrides.")
         raw = deep_merge(raw, profiles[profile])
-    elif profile != "cpu":  # the base settings are the cpu profile unless the suite overrides them
+    elif profile != "cpu" and not isinstance(source, Suite):  # the base settings are the cpu profile
         allowed = ", ".join(sorted(set(profiles) | {"cpu"}))
         raise UserError(f"{path}: unknown profile '{profile}'. Profiles of this suite: {allowed}.")
+    for dotted, value in (overrides or {}).items():
+        apply_override(raw, dotted, copy.deepcopy(value), path)
     raw["profile"] = profile
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
         raise UserError(f"{path} is not a valid suite: {format_validation_error(exc)}") from None
+    suite = _subset(suite, detectors, ood, path)
+    _resolve_paths(suite, base)
     check_references(suite, path)
     return suite, digest
+
+
+def _subset(suite: Suite, detectors: list[str] | None, ood: list[str] | None, where: str) -> Suite:
+    """``suite`` with only the named detectors and OOD sets; a UserError lists the names there are."""
+    if detectors is not None:
+        unknown = sorted(set(detectors) - set(suite.detectors))
+        if unknown or not detectors:
+            raise UserError(f"{where}: --detectors names {', '.join(unknown) or 'nothing'}, which the suite does "
+                            f"not define. Detectors of this suite: {', '.join(suite.detectors)}.")
+        suite = suite.model_copy(update={"detectors": {k: v for k, v in suite.detectors.items() if k in detectors}})
+    if ood is not None:
+        names = [r.display_name for r in suite.ood]
+        unknown = sorted(set(ood) - set(names))
+        if unknown or not ood:
+            raise UserError(f"{where}: --ood names {', '.join(unknown) or 'nothing'}, which the suite does not "
+                            f"evaluate. OOD sets of this suite: {', '.join(names)}.")
+        suite = suite.model_copy(update={"ood": [r for r in suite.ood if r.display_name in ood]})
+    return suite
+
+
+def _resolve_paths(suite: Suite, base: Path) -> None:
+    """Make relative ``params.path`` of every dataset reference relative to ``base`` (the suite's folder)."""
+    refs = [suite.in_distribution, *suite.ood, *(b.auxiliary for b in suite.backbones.values() if b.auxiliary)]
+    for ref in refs:
+        value = ref.params.get("path")
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            ref.params["path"] = str((base / value).resolve())
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -28,7 +28,7 @@ from ood_bench.execution.executor import Chunk, Executor, RunContext, ScoreJob, 
 from ood_bench.execution.plan import Plan, build_detector_instance, build_plan, score_keys
 from ood_bench.suite import marks, results
 from ood_bench.suite.datasets import SuiteData, resolve
-from ood_bench.suite.load import load_suite
+from ood_bench.suite.load import SuiteSource, load_suite
 from ood_bench.suite.schema import Suite
 
 FINALIZE_EVERY_S = 30.0
@@ -63,13 +63,15 @@ def default_checkpoint_dir(results_root: Path) -> Path:
     return Path(os.environ.get("OOD_BENCH_CHECKPOINTS") or Path(results_root) / "checkpoints")
 
 
-def prepare(suite_path: Path, *, profile: str = "cpu", device: str = "cpu", precision: str = "fp32",
-            threads: int | None = None, results_root: Path = Path("results"), strict: bool = False,
-            download: bool = True, batch_size: int | None = None, checkpoint_dir: Path | None = None,
-            examples_per_unit: int | None = None) -> tuple[Suite, str, SuiteData, Plan, Path]:
+def prepare(suite_path: SuiteSource, *, profile: str = "cpu", overrides: dict[str, Any] | None = None,
+            detectors: list[str] | None = None, ood: list[str] | None = None, device: str = "cpu",
+            precision: str = "fp32", threads: int | None = None, results_root: Path = Path("results"),
+            strict: bool = False, download: bool = True, batch_size: int | None = None,
+            checkpoint_dir: Path | None = None, examples_per_unit: int | None = None,
+            ) -> tuple[Suite, str, SuiteData, Plan, Path]:
     """Validate and load a suite, resolve its data and build its plan: (suite, suite hash, data, plan,
     checkpoint folder). Trains and scores nothing; ``ood-bench plan`` stops here."""
-    suite, suite_hash = load_suite(suite_path, profile)
+    suite, suite_hash = load_suite(suite_path, profile, overrides, detectors, ood)
     compute = resolve_compute(device, precision, threads)
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir(results_root))
     data = resolve(suite, strict=strict, download=download)
@@ -78,9 +80,12 @@ def prepare(suite_path: Path, *, profile: str = "cpu", device: str = "cpu", prec
 
 
 def run_suite(
-    suite_path: Path,
+    suite_path: SuiteSource,
     *,
     profile: str = "cpu",
+    overrides: dict[str, Any] | None = None,
+    detectors: list[str] | None = None,
+    ood: list[str] | None = None,
     device: str = "cpu",
     precision: str = "fp32",
     threads: int | None = None,
@@ -93,7 +98,8 @@ def run_suite(
     examples_per_unit: int | None = None,
     console: Console | None = None,
 ) -> tuple[Path, RunStats]:
-    """Run ``suite_path`` end to end; returns the run directory and what was computed.
+    """Run a suite (a file, a mapping or a :class:`Suite`) end to end; returns the run directory and what was
+    computed. ``overrides``, ``detectors`` and ``ood``: see :func:`ood_bench.suite.load.load_suite`.
 
     ``executor``: ``local`` (this process), ``ray`` (a local Ray cluster), or an executor object from
     :func:`ood_bench.execution.executor.make_executor` (e.g. Ray at an address). The scores do not depend on it.
@@ -103,7 +109,8 @@ def run_suite(
     revision = git_revision()  # read before the work: a commit made during a long run is not what ran
     t0 = time.perf_counter()
     suite, suite_hash, data, plan, checkpoint_dir = prepare(
-        suite_path, profile=profile, device=device, precision=precision, threads=threads,
+        suite_path, profile=profile, overrides=overrides, detectors=detectors, ood=ood, device=device,
+        precision=precision, threads=threads,
         results_root=results_root, strict=strict,
         download=download, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
         examples_per_unit=examples_per_unit)
@@ -132,9 +139,11 @@ def run_suite(
                    for seed in suite.seeds for label in suite.detectors]
     run_record = {
         "suite": suite.name,
-        "suite_file": str(suite_path),
+        "suite_file": str(suite_path) if isinstance(suite_path, (str, Path)) else None,
         "suite_sha256": suite_hash,
         "profile": profile,
+        "overrides": overrides or {},
+        "subset": {"detectors": detectors, "ood": ood},
         "device": compute.device,
         "compute": compute.key_fields(),
         "executor": runner.name,
@@ -161,6 +170,8 @@ def run_suite(
         "git_revision": revision,
         "suite_sha256": suite_hash,
         "profile": profile,
+        "overrides": overrides or {},
+        "subset": {"detectors": detectors, "ood": ood},
         "device": compute.device,
         "compute": compute.key_fields(),
         "executor": runner.name,
