@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from ood_bench.cache.keys import score_key
 from ood_bench.cache.store import Finished, ScoreStore
+from ood_bench.errors import DamagedStore
 from ood_bench.files import write_json_atomic
 from ood_bench.hashing import digest
 
@@ -124,3 +125,51 @@ def test_concurrent_json_writes_never_leave_a_torn_file(tmp_path):
             reads += 1
         result.get()
     assert reads > 0 and not list(tmp_path.glob(".run.json.*.tmp"))
+
+
+def _stored(tmp_path):
+    store = ScoreStore(tmp_path)
+    for key in ("a", "b"):
+        store.write_chunk(key, np.arange(4), {"s": np.arange(4.0) + ord(key)})
+    store.finalize_many([Finished(k, {"k": k}, 4) for k in ("a", "b")])
+    return store
+
+
+@pytest.mark.parametrize("damage", ["flipped value", "shortened"])
+def test_a_damaged_key_is_refused_to_readers_and_dropped_by_repair(tmp_path, damage):
+    store = _stored(tmp_path)
+    with h5py.File(store.path, "a") as f:
+        ds = f["scores/a/s"]
+        if damage == "flipped value":
+            ds[1] = ds[1] + 1e-9
+        else:
+            attrs = dict(ds.attrs)
+            del f["scores/a/s"]
+            short = f["scores/a"].create_dataset("s", data=np.arange(3.0))
+            short.attrs.update(attrs)
+    with pytest.raises(DamagedStore, match="key a"):
+        store.get("a")
+    assert store.get("b")["s"].tolist() == [98.0, 99.0, 100.0, 101.0]  # the others are still served
+    problems = store.repair()
+    assert len(problems) == 1 and "key a" in problems[0]
+    assert store.get("a") is None and sorted(store.keys()) == ["b"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "not hdf5"])
+def test_an_unreadable_store_is_refused_and_moved_aside_by_repair(tmp_path, damage):
+    store = _stored(tmp_path)
+    data = store.path.read_bytes()
+    store.path.write_bytes({"truncated": data[: len(data) // 3], "zeroed": bytes(len(data)),
+                            "not hdf5": b"{}\n"}[damage])
+    with pytest.raises(DamagedStore, match="not a readable HDF5 file"):
+        store.keys()
+    assert "moved to scores.h5.damaged" in store.repair()[0]
+    assert store.keys() == {} and (tmp_path / "scores.h5.damaged").exists()
+
+
+def test_a_damaged_pending_chunk_is_deleted_and_rescored(tmp_path):
+    store = ScoreStore(tmp_path)
+    store.write_chunk("k", np.arange(2), {"s": np.ones(2)})
+    chunk = next((tmp_path / ".pending" / "k").glob("*.npz"))
+    chunk.write_bytes(chunk.read_bytes()[:-20])
+    assert not store.done_mask("k", 2).any() and not chunk.exists()

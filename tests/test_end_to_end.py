@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from ood_bench.cache.store import ScoreStore
+from ood_bench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "suites" / "tiny.yaml"
@@ -106,6 +107,31 @@ def test_scores_do_not_depend_on_batch_size(first_run):
     assert "delta" in compared.stdout and "llr_k1" in compared.stdout
 
 
+def test_a_damaged_score_is_refused_by_show_and_recomputed_by_run(first_run):
+    import shutil
+
+    import h5py
+
+    base, run_dir, _ = first_run
+    copy = base / "damaged" / "tiny"
+    shutil.copytree(run_dir, copy)
+    store = ScoreStore(copy)
+    key = next(k for k, f in store.keys().items() if f["detector_label"] == "llr" and f["set"] == "mnist")
+    with h5py.File(copy / "scores.h5", "a") as f:
+        f[f"scores/{key}/llr_k1"][0] += 1.0  # one flipped value: silently different leaderboards before
+    shown = cli("show", copy)
+    assert shown.returncode == 2 and "damaged" in shown.stderr and "Traceback" not in shown.stderr
+    rerun = cli("run", TINY, "--results", base / "damaged", "--checkpoints", base / "ckpt")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "failed its checksum" in rerun.stdout
+    prov = json.loads((copy / "run.json").read_text())["provenance"]
+    assert prov["scored_examples"] == json.loads((copy / "run.json").read_text())["sets"]["mnist"]["n"]
+    ref, got = all_scores(run_dir), all_scores(copy)
+    for k in ref:
+        for output in ref[k]:
+            np.testing.assert_array_equal(got[k][output], ref[k][output])
+
+
 def test_kill_9_during_scoring_resumes_to_identical_scores(first_run):
     base, run_dir, _ = first_run
     results = base / "killed"
@@ -156,3 +182,51 @@ def test_run_records_the_git_revision_read_before_any_work(monkeypatch, tmp_path
     monkeypatch.setattr(runner, "resolve", stop)
     with pytest.raises(RuntimeError, match="after 1 revision"):
         runner.run_suite(TINY, results_root=tmp_path)
+
+
+
+def _nan_detector(dtype=np.float64):
+    """A plugin-like detector whose score is NaN on every tenth example (or float32 when asked)."""
+    from ood_bench.detectors.likelihood import Likelihood
+
+    class NaNLikelihood(Likelihood):
+        name = "nan_likelihood"
+
+        def score(self, batch):
+            out = super().score(batch)
+            for values in out.values():
+                values[batch.indices % 10 == 0] = np.nan
+            return {k: v.astype(dtype) for k, v in out.items()}
+
+    return NaNLikelihood
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_non_finite_scores_are_stored_counted_and_every_command_works(tmp_path, monkeypatch, dtype):
+    import ood_bench as ob
+    from ood_bench.registry import registry
+
+    monkeypatch.setitem(registry("detectors").entries, "nan_likelihood", _nan_detector(dtype))
+    options = dict(overrides={"evaluation.max_examples": 100, "detectors": {"nan": {
+        "detector": "nan_likelihood", "backbone": "hvae", "params": {"iwae_samples": 1}}}},
+        detectors=["nan"], ood=["mnist"], results=tmp_path / "results", checkpoints=tmp_path / "ck")
+    if dtype == np.float32:
+        with pytest.raises(UserError, match=r"detector 'nan' \(NaNLikelihood from package '.*'\) output 'elbo_bpd' "
+                                            r"must be a float64"):
+            ob.run_suite(TINY, **options)
+        return
+    run = ob.run_suite(TINY, **options)
+    stored = run.scores("nan", "mnist")["elbo_bpd"]
+    assert np.isnan(stored[::10]).all() and np.isfinite(stored[1::10]).all()  # stored as returned
+    board = run.leaderboard()
+    cell = board[(board["ood_set"] == "mnist") & (board["metric"] == "auroc") & (board["output"] == "elbo_bpd")]
+    assert cell["nonfinite"].item() == 20  # 10 ID + 10 OOD of 100 each
+    md = (run.run_dir / "leaderboard.md").read_text()
+    assert "(20 NaN/inf)" in md and "ranks NaN and +inf as the most OOD" in md
+    import shutil
+
+    shutil.copytree(run.run_dir, tmp_path / "copy" / "tiny")
+    for args in (("show", run.run_dir), ("compare", run.run_dir, tmp_path / "copy" / "tiny", "--bootstrap", "20"),
+                 ("report", run.run_dir)):
+        proc = cli(*args)
+        assert proc.returncode == 0, proc.stderr

@@ -176,3 +176,15 @@ def test_compute_metrics_balanced_uses_the_balanced_pair():
     got = compute_metrics(s_id, s_ood, ALL, balanced=True, seed=11)
     assert got == compute_metrics(*balanced_pair(s_id, s_ood, 11), ALL)
     assert got != compute_metrics(s_id, s_ood, ALL)
+
+
+def test_rank_nonfinite_puts_nan_and_inf_above_every_finite_score_and_counts_them():
+    from ood_bench.metrics import auroc, rank_nonfinite
+
+    s_id, s_ood, n = rank_nonfinite(np.array([0.0, np.nan, 1.0]), np.array([-np.inf, 5.0, np.inf]))
+    assert n == 3 and np.isfinite(s_id).all() and np.isfinite(s_ood).all()
+    assert s_id[1] == s_ood[2] > 5.0 and s_ood[0] < 0.0
+    # an ID NaN outranks every OOD finite score: it is a false alarm, not dropped
+    assert auroc(s_id, s_ood) == pytest.approx(auroc(np.array([0.0, 6.0, 1.0]), np.array([-1.0, 5.0, 6.0])))
+    same_id, same_ood, none = rank_nonfinite(np.arange(3.0), np.arange(3.0))
+    assert none == 0 and same_id.tolist() == [0.0, 1.0, 2.0]

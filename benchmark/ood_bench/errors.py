@@ -23,3 +23,14 @@ class DatasetMissing(UserError):
             f"Get it with `{self.fetch_command}` (needs internet), or point OOD_BENCH_MIRROR at a "
             f"directory holding a copy of its files."
         )
+
+
+class DamagedStore(UserError):
+    """A run's score store, or one key in it, failed its integrity check (unreadable, or a checksum mismatch)."""
+
+    def __init__(self, path: object, detail: str, key: str | None = None):
+        self.key = key
+        what = f"the scores of key {key[:12]}" if key else "the file"
+        super().__init__(f"The score store {path} is damaged: {what} {detail}. Its scores cannot be trusted and are "
+                         f"not used; run the suite again (`ood-bench run SUITE` with the same --results) to "
+                         f"recompute the damaged scores.")

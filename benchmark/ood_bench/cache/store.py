@@ -9,15 +9,23 @@ small ``.npz`` files under ``<run_dir>/.pending/<key>/`` (:func:`ood_bench.files
 chunk is either complete or absent). Finished keys are merged in batches (:meth:`ScoreStore.finalize_many`)
 into a copy of the store, which then atomically replaces ``scores.h5`` under an exclusive file lock: one
 copy per batch, not per key. Readers therefore always see a complete file, concurrent writers never lose
-each other's updates, and a killed run resumes at the first missing chunk. Two runs scoring the same key
+each other's updates, and a killed run resumes at the first missing chunk.
+
+Integrity: every stored array carries the sha256 of its bytes and its length, checked on every read. A key that
+fails (flipped values, a shortened dataset) or a file that is not a readable store raises
+:class:`~ood_bench.errors.DamagedStore` to readers (``show``, ``compare``, ``report``); a run calls
+:meth:`ScoreStore.repair` first, which drops damaged keys (or moves an unreadable file aside) so that they are
+recomputed, never used. A pending chunk that cannot be read is deleted and rescored. Two runs scoring the same key
 compute the same bits (scores are deterministic), so whichever finalizes it first wins and the other
 drops its chunks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +34,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ood_bench.errors import DamagedStore
 from ood_bench.files import atomic_path, file_lock, stale_temporaries, write_atomic
 from ood_bench.hashing import canonical_json
 
@@ -51,29 +60,69 @@ class ScoreStore:
         self.lock_path = self.run_dir / (STORE_NAME + ".lock")
 
     # ----------------------------------------------------------------------------------- reading
+    def _open(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as exc:  # truncated, zeroed, or not HDF5 at all
+            raise DamagedStore(self.path, f"is not a readable HDF5 file ({exc})") from None
+
     def get(self, key: str) -> dict[str, np.ndarray] | None:
-        """The finished scores of ``key`` (output name -> float64 array), or None."""
+        """The finished scores of ``key`` (output name -> float64 array), checked against their checksums, or
+        None; :class:`DamagedStore` when they fail the check."""
         if not self.path.exists():
             return None
-        with h5py.File(self.path, "r") as f:
+        with self._open() as f:
             group = f.get(f"scores/{key}")
             if group is None:
                 return None
-            return {name: np.asarray(ds[()], dtype=np.float64) for name, ds in group.items()}
+            return {name: _verified(self.path, key, name, ds) for name, ds in group.items()}
 
     def keys(self) -> dict[str, dict[str, Any]]:
         """Every finished key with its fields."""
         if not self.path.exists():
             return {}
-        with h5py.File(self.path, "r") as f:
-            return {k: json.loads(g.attrs["key"]) for k, g in f.get("scores", {}).items()}
+        with self._open() as f:
+            try:
+                return {k: json.loads(g.attrs["key"]) for k, g in f.get("scores", {}).items()}
+            except (KeyError, ValueError, OSError) as exc:
+                raise DamagedStore(self.path, f"has an unreadable key record ({exc})") from None
 
     def attrs(self) -> dict[str, Any]:
         """Provenance attributes of the store (JSON-decoded)."""
         if not self.path.exists():
             return {}
-        with h5py.File(self.path, "r") as f:
+        with self._open() as f:
             return {k: json.loads(v) for k, v in f.attrs.items()}
+
+    def repair(self) -> list[str]:
+        """Make the store safe to resume: an unreadable file is moved aside (``scores.h5.damaged``), keys whose
+        arrays fail their checksums are deleted. Returns what was done, one line each; a run recomputes it."""
+        if not self.path.exists():
+            return []
+        try:
+            with self._open() as f:
+                damaged = []
+                for key, group in f.get("scores", {}).items():
+                    try:
+                        json.loads(group.attrs["key"])
+                        for name, ds in group.items():
+                            _verified(self.path, key, name, ds)
+                    except (DamagedStore, KeyError, ValueError, OSError):
+                        damaged.append(key)
+        except DamagedStore:
+            aside = self.path.with_name(self.path.name + ".damaged")
+            with file_lock(self.lock_path):
+                if self.path.exists():
+                    self.path.replace(aside)
+            return [f"{self.path} is not a readable HDF5 file: moved to {aside.name}; every score is recomputed"]
+        if damaged:
+            def drop(f: h5py.File) -> None:
+                for key in damaged:
+                    if f"scores/{key}" in f:
+                        del f[f"scores/{key}"]
+
+            self._update(drop)
+        return [f"{self.path}: key {key[:12]} failed its checksum; dropped, it is recomputed" for key in damaged]
 
     def done_mask(self, key: str, n: int) -> np.ndarray:
         """Which of the ``n`` examples of ``key`` already have scores in pending chunks."""
@@ -135,7 +184,8 @@ class ScoreStore:
                 group = f.create_group(path)
                 group.attrs["key"] = canonical_json(fields[key])
                 for name, values in arrays.items():
-                    group.create_dataset(name, data=values, dtype="f8")
+                    ds = group.create_dataset(name, data=values, dtype="f8")
+                    ds.attrs["sha256"], ds.attrs["n"] = _checksum(values), len(values)
 
         if merged:
             self._update(write)
@@ -163,6 +213,8 @@ class ScoreStore:
                     out.append((data["__indices__"], {n: data[n] for n in data.files if n != "__indices__"}))
             except FileNotFoundError:
                 continue
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                path.unlink(missing_ok=True)  # damaged (its zip CRC failed, or truncated): rescored, never used
         return out
 
     def _update(self, write) -> None:
@@ -176,3 +228,25 @@ class ScoreStore:
                     shutil.copyfile(self.path, tmp)
                 with h5py.File(tmp, "a") as f:
                     write(f)
+
+
+def _checksum(values: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values, dtype="<f8").tobytes()).hexdigest()
+
+
+def _verified(path: Path, key: str, name: str, ds: h5py.Dataset) -> np.ndarray:
+    """The dataset's values if they match the checksum and length recorded when they were stored."""
+    try:
+        values = np.asarray(ds[()], dtype=np.float64)
+    except OSError as exc:
+        raise DamagedStore(path, f"output '{name}' cannot be read ({exc})", key) from None
+    expected = ds.attrs.get("sha256")
+    if expected is None:  # written before checksums existed: nothing to compare with
+        return values
+    n = int(ds.attrs.get("n", -1))
+    if values.shape != (n,):
+        raise DamagedStore(path, f"output '{name}' holds {values.shape[0] if values.ndim else 0} values where "
+                                 f"{n} were stored", key)
+    if _checksum(values) != expected:
+        raise DamagedStore(path, f"output '{name}' no longer matches the checksum recorded when it was stored", key)
+    return values

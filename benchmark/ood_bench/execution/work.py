@@ -20,6 +20,7 @@ from rich.console import Console
 from ood_bench.compute import Compute
 from ood_bench.data.imageset import ImageSet
 from ood_bench.detectors.base import Batch, Detector
+from ood_bench.errors import UserError
 from ood_bench.execution.plan import FitUnit, ScoreUnit, TrainUnit, build_detector_instance
 from ood_bench.models.base import Backbone
 from ood_bench.models.training import TrainedBackbone, load_trained, train_or_load
@@ -120,15 +121,18 @@ def score_range(detectors: dict[str, Detector], images: ImageSet, seed: int, sta
 
 
 def check_scores(label: str, detector: Detector, scores: Any, expected: set[str], n: int) -> None:
-    """RuntimeError unless ``scores`` has exactly the declared outputs, each float64 of shape (n,), finite."""
+    """A UserError naming the detector, its package and the output unless ``scores`` has exactly the declared
+    outputs, each float64 of shape (n,). Non-finite values are allowed: they are stored as returned and
+    counted in the leaderboard (:func:`ood_bench.metrics.rank_nonfinite`)."""
+    cls = type(detector)
+    who = f"detector '{label}' ({cls.__name__} from package '{cls.__module__.split('.')[0]}')"
     if not isinstance(scores, dict) or set(scores) != expected:
         got = sorted(scores) if isinstance(scores, dict) else type(scores).__name__
-        raise RuntimeError(f"detector '{label}' ({detector.name}) returned outputs {got}, "
-                           f"but declared {sorted(expected)}")
+        raise UserError(f"{who} returned outputs {got} from score(), but outputs() declared {sorted(expected)}. "
+                        f"score() must return a dict with exactly the declared outputs; fix the detector.")
     for name, values in scores.items():
-        values = np.asarray(values)
-        if values.shape != (n,) or values.dtype != np.float64:
-            raise RuntimeError(f"detector '{label}' ({detector.name}) output '{name}' must be float64 of shape "
-                               f"({n},), got {values.dtype} {values.shape}")
-        if not np.isfinite(values).all():
-            raise RuntimeError(f"detector '{label}' ({detector.name}) output '{name}' has non-finite scores")
+        shape, dtype = getattr(values, "shape", None), getattr(values, "dtype", type(values).__name__)
+        if not isinstance(values, np.ndarray) or values.shape != (n,) or values.dtype != np.float64:
+            raise UserError(f"{who} output '{name}' must be a float64 numpy array of shape ({n},), one score per "
+                            f"example of the batch, but it is {dtype} of shape {shape}. Return "
+                            f"np.asarray(scores, dtype=np.float64); scores already cached are kept.")

@@ -14,6 +14,7 @@ from ood_bench.metrics.ood import (
     fpr80_ood_pos,
     fpr95_id_pos,
     fpr_at_tpr,
+    rank_nonfinite,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "fpr80_ood_pos",
     "fpr95_id_pos",
     "fpr_at_tpr",
+    "rank_nonfinite",
 ]

@@ -35,6 +35,29 @@ def _as_scores(s_id: np.ndarray, s_ood: np.ndarray) -> tuple[np.ndarray, np.ndar
     return checked[0], checked[1]
 
 
+def rank_nonfinite(s_id: np.ndarray, s_ood: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The leaderboard's policy for non-finite scores: NaN and +inf rank as the most OOD, -inf as the least.
+
+    Returns both sets with NaN / +inf replaced by one value above every finite score of the pair and -inf by
+    one below, and how many values were replaced. A detector's NaN therefore counts against it when it hits
+    an ID example (a false alarm) and for it on an OOD example; the count is shown in the cell
+    (docs/metrics.md). The metric functions themselves still refuse non-finite input.
+    """
+    a, b = np.asarray(s_id, dtype=np.float64), np.asarray(s_ood, dtype=np.float64)
+    both = np.concatenate([a, b])
+    finite = both[np.isfinite(both)]
+    if finite.size == len(both):
+        return a, b, 0
+    top = finite.max() + 1.0 if finite.size else 1.0
+    bottom = finite.min() - 1.0 if finite.size else -1.0
+
+    def mapped(x: np.ndarray) -> np.ndarray:
+        x = np.where(np.isnan(x) | (x == np.inf), top, x)
+        return np.where(x == -np.inf, bottom, x)
+
+    return mapped(a), mapped(b), int(len(both) - finite.size)
+
+
 def _labelled(s_id: np.ndarray, s_ood: np.ndarray, positive: Positive) -> tuple[np.ndarray, np.ndarray]:
     """Labels and scores oriented so that the positive class has label 1 and higher scores."""
     scores = np.concatenate([s_id, s_ood])

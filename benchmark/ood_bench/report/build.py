@@ -123,7 +123,7 @@ def _leaderboard(run_dir: Path, plan: dict[str, Any]) -> list[Block]:
 def _first_seed_scores(run_dir: Path, plan: dict[str, Any], seed: int) -> dict[tuple[str, str], dict]:
     """(detector, output) -> {set label: (ID scores, set scores)} for ``seed``, balanced like the leaderboard."""
     out: dict[tuple[str, str], dict] = {}
-    for ev, set_label, id_scores, ood_scores in score_pairs(run_dir):
+    for ev, set_label, id_scores, ood_scores, _ in score_pairs(run_dir):
         if ev["seed"] != seed:
             continue
         for output in ood_scores:

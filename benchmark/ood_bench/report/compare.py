@@ -75,7 +75,7 @@ def _run_samples(run_dir: Path, resamples: int, seed: int, metrics: list[str] | 
     fingerprints = {label: info["fingerprint"] for label, info in plan["sets"].items()}
     counts_memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     per_seed: dict[tuple, list] = {}
-    for ev, set_label, id_scores, ood_scores in score_pairs(run_dir):
+    for ev, set_label, id_scores, ood_scores, _ in score_pairs(run_dir):
         for output in sorted(ood_scores):
             s_id, s_ood = id_scores[output], ood_scores[output]
             if plan["balanced"]:

@@ -27,7 +27,9 @@ OPTIONAL_COLUMNS = {"marks": ""}
 """Record columns that older runs' records may lack, with their default."""
 ROW_KEY = ["detector", "backbone", "output", "params"]
 SUMMARY_COLUMNS = [*ROW_KEY, "uses_auxiliary_data", "ood_set", "metric", "mean", "std", "n_seeds",
-                   "oracle_choice", "marks"]
+                   "oracle_choice", "marks", "nonfinite"]
+NONFINITE_NOTE = ("(N NaN/inf): N scores of the cell (ID and OOD, the most over seeds) were NaN or infinite; "
+                  "the metric ranks NaN and +inf as the most OOD and -inf as the least (docs/metrics.md).")
 AUX_MARK = "†aux"
 SANITY_SUFFIX = "(sanity)"
 MISSING_CELL = "missing"
@@ -48,6 +50,7 @@ def _normalised(records: pd.DataFrame) -> pd.DataFrame:
     out = records[RECORD_COLUMNS].copy()
     for column, default in OPTIONAL_COLUMNS.items():
         out[column] = records[column].fillna(default).astype(str) if column in records else default
+    out["nonfinite"] = records["nonfinite"].fillna(0).astype(int) if "nonfinite" in records else 0
     out["params"] = out["params"].fillna("").astype(str)
     out["uses_auxiliary_data"] = out["uses_auxiliary_data"].astype(bool)
     out["value"] = out["value"].astype(float)
@@ -104,6 +107,7 @@ def summarize_records(records: pd.DataFrame, metrics: Sequence[str] | None = Non
     cell_marks = recs.groupby([*ROW_KEY, "ood_set"], sort=False)["marks"].agg(
         lambda v: marks.encode(m for field in v for m in marks.decode(field))).rename("marks")
     summary = summary.join(cell_marks, on=[*ROW_KEY, "ood_set"])
+    summary = summary.join(grouped["nonfinite"].max().rename("nonfinite"), on=keys)
     unstable = summary["std"] > marks.UNSTABLE_STD
     summary.loc[unstable, "marks"] = [marks.encode([*marks.decode(m), marks.UNSTABLE])
                                       for m in summary.loc[unstable, "marks"]]
@@ -131,11 +135,14 @@ def summarize_records(records: pd.DataFrame, metrics: Sequence[str] | None = Non
     return summary
 
 
-def _cell(mean: float, std: float, n_seeds: int, oracle_choice: str, cell_marks: str = "") -> str:
+def _cell(mean: float, std: float, n_seeds: int, oracle_choice: str, cell_marks: str = "",
+          nonfinite: int = 0) -> str:
     text = f"{mean:.3f}" if n_seeds < 2 or pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
     if oracle_choice:
         k = _K_OUTPUT.match(oracle_choice)
         text += f" (k={k['k']})" if k else f" ({oracle_choice})"
+    if nonfinite:
+        text += f" ({nonfinite} NaN/inf)"
     symbols = "".join(marks.SYMBOLS[m] for m in marks.decode(cell_marks))
     return f"{text} {symbols}" if symbols else text
 
@@ -156,6 +163,8 @@ def _marker_notes(summary: pd.DataFrame) -> list[str]:
                      "papers only. The chosen k is given in each cell.")
     present = {m for field in summary["marks"] for m in marks.decode(field)}
     notes += [marks.NOTES[m] for m in marks.SYMBOLS if m in present]
+    if (summary["nonfinite"] > 0).any():
+        notes.append(NONFINITE_NOTE)
     return notes
 
 
@@ -191,7 +200,7 @@ def leaderboard_table(
     cells: dict[tuple, dict[tuple, str]] = {}
     for row in labels.itertuples(index=False):
         cells.setdefault((row.ood_set, row.metric), {})[(row.detector, row.backbone, row.output, row.params)] = (
-            _cell(row.mean, row.std, row.n_seeds, row.oracle_choice, row.marks))
+            _cell(row.mean, row.std, row.n_seeds, row.oracle_choice, row.marks, row.nonfinite))
     table = pd.DataFrame(cells, dtype=object).reindex(index=index, columns=columns).astype(object).fillna(EMPTY_CELL)
     for ood_set in missing_sets:
         for metric in metric_names:
@@ -317,6 +326,9 @@ def write_leaderboard(
 def read_summary_csv(path: Path) -> pd.DataFrame:
     """Read leaderboard.csv back with the dtypes :func:`summarize_records` produced."""
     text_columns = [*ROW_KEY, "ood_set", "metric", "oracle_choice", "marks"]
-    return pd.read_csv(path, dtype={**{c: str for c in text_columns}, "uses_auxiliary_data": bool,
-                                    "n_seeds": int}, keep_default_na=False,
-                       na_values={"mean": [""], "std": [""]})
+    table = pd.read_csv(path, dtype={**{c: str for c in text_columns}, "uses_auxiliary_data": bool,
+                                     "n_seeds": int}, keep_default_na=False,
+                        na_values={"mean": [""], "std": [""]})
+    if "nonfinite" not in table:  # written before the column existed
+        table["nonfinite"] = 0
+    return table

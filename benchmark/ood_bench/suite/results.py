@@ -17,7 +17,7 @@ import pandas as pd
 from ood_bench.cache.store import ScoreStore
 from ood_bench.errors import UserError
 from ood_bench.files import write_json_atomic
-from ood_bench.metrics import compute_metrics
+from ood_bench.metrics import compute_metrics, rank_nonfinite
 from ood_bench.suite import marks
 
 PLAN_NAME = "run.json"
@@ -43,10 +43,16 @@ def previous_runs(run_dir: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()).get("history", []) if path.is_file() else []
 
 
-def score_pairs(run_dir: Path) -> Iterator[tuple[dict[str, Any], str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """``(evaluation, set label, ID scores, set scores)`` for every evaluation of run.json and every non-ID set.
+Pair = tuple[dict[str, Any], str, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]
 
-    Scores are the cached arrays by output name; a missing key is a UserError saying to run the suite again.
+
+def score_pairs(run_dir: Path) -> Iterator[Pair]:
+    """``(evaluation, set label, ID scores, set scores, non-finite counts)`` for every evaluation of run.json
+    and every non-ID set.
+
+    Scores are the cached arrays by output name with non-finite values ranked by
+    :func:`ood_bench.metrics.rank_nonfinite` (what every table and figure uses), and per output the number
+    of values it replaced; a missing key is a UserError saying to run the suite again.
     """
     run_dir = Path(run_dir)
     plan = read_plan(run_dir)
@@ -63,15 +69,21 @@ def score_pairs(run_dir: Path) -> Iterator[tuple[dict[str, Any], str, dict[str, 
     for ev in plan["evaluations"]:
         id_scores = cached(ev, id_label)
         for set_label in ev["keys"]:
-            if set_label != id_label:
-                yield ev, set_label, id_scores, cached(ev, set_label)
+            if set_label == id_label:
+                continue
+            ood_scores = cached(ev, set_label)
+            ranked_id, ranked_ood, counts = {}, {}, {}
+            for output in id_scores:
+                ranked_id[output], ranked_ood[output], counts[output] = rank_nonfinite(id_scores[output],
+                                                                                       ood_scores[output])
+            yield ev, set_label, ranked_id, ranked_ood, counts
 
 
 def records_from_cache(run_dir: Path) -> pd.DataFrame:
     """Tidy metric records (one row per detector output x seed x OOD set x metric) from cached scores."""
     plan = read_plan(run_dir)
     rows = []
-    for ev, set_label, id_scores, ood_scores in score_pairs(run_dir):
+    for ev, set_label, id_scores, ood_scores, nonfinite in score_pairs(run_dir):
         for output in sorted(ood_scores):
             values = compute_metrics(id_scores[output], ood_scores[output], plan["metrics"],
                                      balanced=plan["balanced"], seed=ev["seed"])
@@ -81,6 +93,7 @@ def records_from_cache(run_dir: Path) -> pd.DataFrame:
                     "params": ev["params_str"], "uses_auxiliary_data": ev["uses_auxiliary_data"],
                     "seed": ev["seed"], "ood_set": set_label, "metric": metric, "value": value,
                     "marks": marks.encode(ev.get("marks", {}).get(set_label, [])),
+                    "nonfinite": nonfinite[output],
                 })
     return pd.DataFrame(rows, columns=["detector", "backbone", "output", "params", "uses_auxiliary_data",
-                                       "seed", "ood_set", "metric", "value", "marks"])
+                                       "seed", "ood_set", "metric", "value", "marks", "nonfinite"])

@@ -125,6 +125,8 @@ def run_suite(
         console.print(f"[yellow]skipping {m['ood_set']}[/]: not available offline - `{m['fetch_command']}`")
     run_dir = Path(results_root) / suite.name
     store = ScoreStore(run_dir)
+    for problem in store.repair():  # damaged scores are recomputed, never used
+        console.print(f"[yellow]warning:[/] {problem}")
     ctx = RunContext(plan, data, store, checkpoint_dir, console)
     try:
         records = runner.train(list(plan.train.values()), ctx)
