@@ -8,6 +8,7 @@ import pytest
 import torch
 from ood_bench.data.imageset import ImageSet
 from ood_bench.detectors import Batch, estimators
+from ood_bench.errors import UserError
 from ood_bench.models.hvae import HierarchicalVAE
 from ood_bench.models.vae import ConvVAE
 from ood_bench.registry import registry
@@ -52,7 +53,7 @@ def backbone_for(cls, model, vae_model):
     detector requires (bpvae, ...)."""
     objective = getattr(cls, "objective", None)
     if not objective:
-        return vae_model if getattr(cls, "requires_backbone", None) is ConvVAE else model
+        return model if cls.backbone_problem(model) is None else vae_model
     torch.manual_seed(0)
     return ConvVAE.from_params({"channels": [4, 8], "hidden": 16, "latent_dim": 3, "objective": objective},
                                (1, 28, 28)).eval()
@@ -120,7 +121,7 @@ def test_estimates_are_shared_between_detectors(model, images, bound_calls):
 
 def test_llr_refuses_a_single_layer_backbone(images):
     one = HierarchicalVAE.from_params({**TINY, "latent_shapes": [[8, 14, 14]]}, (1, 28, 28))
-    with pytest.raises(ValueError, match="at least 2 latent layers"):
+    with pytest.raises(UserError, match="at least 2 latent layers"):
         registry("detectors").get("llr")().fit(one, images)
 
 

@@ -53,6 +53,16 @@ CASES = [
     ("negative batch size", ("evaluation",), {"batch_size": -1}, ["evaluation.batch_size", "greater than 0"]),
     ("duplicate OOD names", ("ood",), ["mnist", "mnist"], ["ood", "label"]),
     ("bad suite name", ("name",), "my suite", ["name", "pattern"]),
+    ("duplicate seeds", ("seeds",), [0, 1, 0], ["seeds", "distinct", "[0]"]),
+    ("negative seed", ("seeds",), [-1], ["seeds.0", "greater than or equal to 0"]),
+    ("huge seed", ("seeds",), [2**40], ["seeds.0", "less than or equal to 2147483647"]),
+    ("huge split seed", ("in_distribution",), {"dataset": "fashionmnist", "split_seed": 2**40}, ["split_seed"]),
+    ("OOD set is the ID test set", ("ood", 0), "fashionmnist", ["ood.0", "in-distribution test set itself"]),
+    ("OOD label is the ID label", ("ood", 0), {"dataset": "mnist", "label": "fashionmnist"},
+     ["ood.0.label", "name of the ID or sanity set"]),
+    ("OOD label is the sanity label", ("ood", 0), {"dataset": "mnist", "label": "fashionmnist-train (sanity)"},
+     ["ood.0.label"]),
+    ("huge noise set", ("ood", 0), {"dataset": "noise", "params": {"n": 10**9}}, ["at most 1,000,000"]),
 ]
 
 
@@ -77,6 +87,7 @@ def test_malformed_suite_gives_exit_2_and_one_paragraph(tmp_path, capsys, what, 
 @pytest.mark.parametrize("text,words", [
     ("name: [unclosed", ["not valid YAML"]),
     ("- just\n- a list\n", ["mapping"]),
+    ("name: a\nseeds: [0]\nname: b\n", ["the key 'name' appears twice"]),
 ])
 def test_unparseable_suite_files(tmp_path, capsys, text, words):
     status, message = run_cli(tmp_path, capsys, text)
@@ -98,3 +109,53 @@ def test_profile_overrides_merge_into_the_base():
     merged = deep_merge(VALID, VALID["profiles"]["paper"])
     assert merged["detectors"]["llr"] == {"backbone": "hvae", "params": {"iwae_samples": 1000}}
     assert VALID["detectors"]["llr"]["params"] == {"iwae_samples": 4}
+
+
+def validate(tmp_path, capsys, suite):
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    status = main(["validate", str(path)])
+    captured = capsys.readouterr()
+    return status, " ".join((captured.err + captured.out).split())
+
+
+@pytest.mark.parametrize("detector,backbone,words", [
+    ("llr", {"kind": "vae", "params": {}}, ["detectors.llr.backbone", "at least 2 latent layers", "has 1"]),
+    ("rose", {"kind": "hvae", "params": {}}, ["detectors.rose.backbone", "kind 'vae'"]),
+    ("bpvae", {"kind": "vae", "params": {}}, ["detectors.bpvae.backbone", "objective 'bpvae'"]),
+])
+def test_a_detector_on_a_backbone_it_cannot_use_is_refused_before_any_training(tmp_path, capsys, detector,
+                                                                               backbone, words):
+    suite = copy.deepcopy(VALID)
+    suite["backbones"] = {"b": backbone}
+    suite["detectors"] = {detector: {"backbone": "b"}}
+    suite["profiles"] = {}
+    status, message = validate(tmp_path, capsys, suite)
+    assert status == 2 and "Traceback" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_an_absurd_backbone_is_refused_against_memory_before_it_is_built(tmp_path, capsys):
+    suite = copy.deepcopy(VALID)
+    suite["backbones"]["hvae"]["params"] = {"channels": 100000}
+    status, message = validate(tmp_path, capsys, suite)
+    assert status == 2 and "parameters; training it needs at least" in message and "GiB" in message
+
+
+def test_results_naming_a_file(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    status, message = run_cli(tmp_path, capsys, VALID, "--results", str(tmp_path / "a-file"))
+    assert status == 2 and "is a file, not a folder" in message
+
+
+def test_an_unreadable_suite_file(tmp_path, capsys):
+    import os
+
+    path = tmp_path / "locked.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads anything: nothing to test
+        pytest.skip("running as root: file permissions do not stop reads")
+    assert main(["run", str(path)]) == 2
+    assert "cannot be read" in capsys.readouterr().err

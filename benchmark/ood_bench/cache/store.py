@@ -139,7 +139,16 @@ class ScoreStore:
             if values.shape != indices.shape:
                 raise ValueError(f"output {name!r} has {values.shape} scores for {indices.shape} examples")
         final = self.pending_dir / key / f"{int(indices[0]):09d}-{len(indices)}.npz"
-        write_atomic(final, lambda f: np.savez(f, __indices__=np.asarray(indices, dtype=np.int64), **arrays))
+
+        def write(f) -> None:
+            np.savez(f, __indices__=np.asarray(indices, dtype=np.int64), **arrays)
+
+        try:
+            write_atomic(final, write)
+        except FileNotFoundError:
+            # another run finalized this key and removed its pending folder while we wrote into it
+            if key not in self.keys():
+                write_atomic(final, write)
 
     def finalize(self, key: str, fields: dict[str, Any], n: int) -> dict[str, np.ndarray]:
         """Merge the pending chunks of one key into the HDF5 store and return its full arrays."""

@@ -166,9 +166,15 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _validate(args: argparse.Namespace, console: Console) -> int:
-    from ood_bench.suite.load import load_suite
+    from ood_bench.suite.load import check_detector_backbones, expected_input_shape, load_suite
 
     suite, digest = load_suite(args.suite, args.profile, **_suite_options(args))
+    shape = expected_input_shape(suite)
+    if shape is not None:
+        check_detector_backbones(suite, shape, str(args.suite))
+    else:
+        console.print("note: the ID images' shape depends on transforms or parameters; detector-backbone pairs are "
+                      "checked when a run has loaded the data, before any training")
     console.print(f"{args.suite}: valid suite '{suite.name}' (profile {args.profile}): {len(suite.seeds)} seed(s), "
                   f"{len(suite.backbones)} backbone(s), {len(suite.detectors)} detector(s), {len(suite.ood)} OOD "
                   f"set(s); sha256 {digest[:12]}")

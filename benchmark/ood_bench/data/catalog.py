@@ -20,10 +20,10 @@ from ood_bench.data.definitions import (
     Param,
     Reader,
     SourceFormat,
-    any_int,
     image_shape,
     optional_image_shape,
-    positive_int,
+    seed_int,
+    synthetic_count,
 )
 from ood_bench.data.sources import RemoteFile
 from ood_bench.data.transforms import center_crop, resize, stack_conformed
@@ -389,9 +389,9 @@ GTSRB = DatasetDef(
 
 # --- synthetic and user data ----------------------------------------------------------------------------
 _SYNTHETIC_PARAMS = {
-    "n": Param("number of images, a positive integer", 10000, positive_int),
+    "n": Param("number of images, a positive integer of at most 1,000,000", 10000, synthetic_count),
     "shape": Param("[C, H, W] with C 1 or 3", [1, 28, 28], image_shape),
-    "seed": Param("an integer seed", 0, any_int),
+    "seed": Param("an integer seed from 0 to 2**31 - 1", 0, seed_int),
 }
 NOISE = DatasetDef(
     name="noise",

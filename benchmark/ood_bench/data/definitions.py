@@ -128,6 +128,28 @@ def positive_int(value: Any) -> int:
     return int(value)
 
 
+MAX_SYNTHETIC_IMAGES = 1_000_000
+
+
+def synthetic_count(value: Any) -> int:
+    """A positive number of synthetic images, at most ``MAX_SYNTHETIC_IMAGES`` (more is a typo: evaluation sets
+    are subsets of a few thousand, and a million 3x32x32 images already take 3 GB)."""
+    n = positive_int(value)
+    if n > MAX_SYNTHETIC_IMAGES:
+        raise ValueError(f"expected at most {MAX_SYNTHETIC_IMAGES:,} images, got {n:,}")
+    return n
+
+
+MAX_SEED = 2**31 - 1
+
+
+def seed_int(value: Any) -> int:
+    """A seed: an integer from 0 to ``MAX_SEED``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"expected an integer seed from 0 to {MAX_SEED}, got {value!r}")
+    return int(value)
+
+
 def any_int(value: Any) -> int:
     """Accept any integer (not a bool), e.g. a seed."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

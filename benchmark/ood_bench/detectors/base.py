@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ood_bench.data.imageset import ImageSet
+from ood_bench.errors import UserError
 from ood_bench.numerics import example_generators
 
 
@@ -27,10 +28,13 @@ def whole_number(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
-def require_hierarchical(backbone: Any, detector: str) -> None:
-    """ValueError unless ``backbone`` has at least two latent layers (the L^{>k} family needs k >= 1)."""
-    if getattr(backbone, "num_latent_layers", 1) < 2:
-        raise ValueError(f"{detector} needs a hierarchical backbone with at least 2 latent layers")
+def hierarchy_problem(backbone: Any) -> str | None:
+    """Why ``backbone`` cannot serve the L^{>k} family (it needs k >= 1, so two or more latent layers)."""
+    layers = getattr(backbone, "num_latent_layers", 1)
+    if layers < 2:
+        return (f"it needs a hierarchical backbone with at least 2 latent layers (kind: hvae), and this one has "
+                f"{layers}; point the detector's 'backbone' at an hvae entry")
+    return None
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,25 @@ class Detector:
         """
         return 1
 
+    @classmethod
+    def backbone_problem(cls, backbone: torch.nn.Module) -> str | None:
+        """Why this detector cannot score ``backbone`` (None when it can): what it needs from its backbone.
+
+        A suite is checked with it before any training, on untrained models built from each backbone entry,
+        and ``fit`` checks it again (:meth:`check_backbone`). Default: any backbone.
+        """
+        return None
+
+    def check_backbone(self, backbone: torch.nn.Module | list[torch.nn.Module]) -> None:
+        """A UserError naming the detector unless it can score ``backbone`` (every member of an ensemble)."""
+        for model in backbone if isinstance(backbone, (list, tuple)) else [backbone]:
+            problem = type(self).backbone_problem(model)
+            if problem is not None:
+                raise UserError(f"Detector '{self.name}' cannot score a {type(model).__name__} backbone: {problem}.")
+
     def fit(self, backbone: torch.nn.Module, id_train: ImageSet) -> Detector:
         """Learn whatever the score needs from in-distribution training data. Default: keep the backbone."""
+        self.check_backbone(backbone)
         self.backbone_ = backbone
         return self
 

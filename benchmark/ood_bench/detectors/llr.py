@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector, require_hierarchical, whole_number
+from ood_bench.detectors.base import Batch, Detector, hierarchy_problem, whole_number
 from ood_bench.numerics import bits_per_dim
 
 
@@ -37,9 +37,9 @@ class LikelihoodRatio(Detector):
     def __init__(self, iwae_samples: int = 16):
         self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
 
-    def fit(self, backbone, id_train) -> LikelihoodRatio:
-        require_hierarchical(backbone, self.name)
-        return super().fit(backbone, id_train)
+    @classmethod
+    def backbone_problem(cls, backbone) -> str | None:
+        return hierarchy_problem(backbone)
 
     def outputs(self) -> list[str]:
         layers = range(self.backbone_.num_latent_layers)

@@ -30,8 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector, require_hierarchical, whole_number
-from ood_bench.errors import UserError
+from ood_bench.detectors.base import Batch, Detector, hierarchy_problem, whole_number
 
 # log p(x|.) of a probability mass is < 0; this only guards a float rounding to exactly 0.
 _MAX_LOG_PX = -1e-12
@@ -74,20 +73,18 @@ class AdaptiveLikelihoodRatio(Detector):
         self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
         self.k0_term = k0_term
 
-    def fit(self, backbone, id_train) -> AdaptiveLikelihoodRatio:
-        require_hierarchical(backbone, self.name)
+    @classmethod
+    def backbone_problem(cls, backbone) -> str | None:
+        problem = hierarchy_problem(backbone)
         head = getattr(backbone, "head", None)
-        if not getattr(head, "is_probability_mass", False):
+        if problem is None and not getattr(head, "is_probability_mass", False):
             head_name = type(head).__name__ if head is not None else "no `head` attribute"
-            raise UserError(
-                f"Detector llr_ada cannot score backbone {type(backbone).__name__} with likelihood head "
-                f"{head_name}: its adaptive weights divide log p(x|z_{{>k}}) by log p(x|z_{{>k-1}}), which is "
-                f"only meaningful when log p(x|.) is strictly negative, i.e. for a probability mass such as the "
-                f"Bernoulli or discretised logistic mixture heads (a head declares it with "
-                f"`is_probability_mass = True`). Use one of those likelihoods for this backbone, or score it "
-                f"with `llr` instead."
-            )
-        return super().fit(backbone, id_train)
+            problem = (f"its likelihood head is {head_name}, but the adaptive weights divide "
+                       f"log p(x|z_{{>k}}) by log p(x|z_{{>k-1}}), which is only meaningful when log p(x|.) is "
+                       f"strictly negative, i.e. for a probability mass such as the Bernoulli or discretised "
+                       f"logistic mixture heads (a head declares it with `is_probability_mass = True`); use one "
+                       f"of those likelihoods for this backbone, or score it with `llr` instead")
+        return problem
 
     def outputs(self) -> list[str]:
         return ["llr_ada"] + [f"llr_k{k}" for k in range(1, self.backbone_.num_latent_layers)]

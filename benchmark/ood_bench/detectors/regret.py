@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import ClassVar
 
 import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
 from ood_bench.detectors.base import Batch, Detector, whole_number
-from ood_bench.errors import UserError
 from ood_bench.models.base import frozen
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import log_mean_exp, stacked_normal
@@ -46,15 +44,12 @@ BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-def require_vae(backbone: torch.nn.Module, detector: str) -> ConvVAE:
-    """The backbone as a :class:`ConvVAE`, or a UserError naming the detector."""
+def vae_problem(backbone: torch.nn.Module) -> str | None:
+    """Why ``backbone`` is not the single-latent convolutional VAE (kind 'vae') that regret and ROSE need."""
     if not isinstance(backbone, ConvVAE):
-        raise UserError(
-            f"detector '{detector}' needs a single-latent convolutional VAE backbone (kind 'vae'), but its "
-            f"backbone is a {type(backbone).__name__}. Point the detector's 'backbone' at a backbone entry "
-            "with 'kind: vae' in the suite."
-        )
-    return backbone
+        return ("it needs a single-latent convolutional VAE backbone (kind 'vae'); point the detector's "
+                "'backbone' at a backbone entry with 'kind: vae' in the suite")
+    return None
 
 
 def adam_step(
@@ -207,7 +202,6 @@ class LikelihoodRegret(Detector):
 
     name = "likelihood_regret"
     version = "1"
-    requires_backbone: ClassVar[type] = ConvVAE
 
     def __init__(self, steps: int = 100, lr: float = 2e-4, weight_decay: float = 5e-5, iwae_samples: int = 1000,
                  target: str = "encoder"):
@@ -220,9 +214,9 @@ class LikelihoodRegret(Detector):
         self.steps, self.lr, self.weight_decay = whole_number(steps, "steps", minimum=0), float(lr), float(weight_decay)
         self.iwae_samples, self.target = whole_number(iwae_samples, "iwae_samples"), target
 
-    def fit(self, backbone: torch.nn.Module, id_train: object) -> LikelihoodRegret:
-        self.backbone_ = require_vae(backbone, self.name)
-        return self
+    @classmethod
+    def backbone_problem(cls, backbone: torch.nn.Module) -> str | None:
+        return vae_problem(backbone)
 
     def outputs(self) -> list[str]:
         return ["regret"]

@@ -31,7 +31,7 @@ second suite entry that differs only in aggregation, does not refit. Outside a r
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from torch.func import functional_call, grad, vmap
 from ood_bench.data.imageset import ImageSet
 from ood_bench.data.sampling import subset
 from ood_bench.detectors.base import Batch, Detector, whole_number
-from ood_bench.detectors.regret import require_vae
+from ood_bench.detectors.regret import vae_problem
 from ood_bench.hashing import digest
 from ood_bench.models.base import frozen
 from ood_bench.models.checkpoints import load_checkpoint, save_atomic, weights_digest
@@ -184,7 +184,10 @@ class Rose(Detector):
     name = "rose"
     version = "4"
     fit_is_costly = True
-    requires_backbone: ClassVar[type] = ConvVAE
+
+    @classmethod
+    def backbone_problem(cls, backbone: torch.nn.Module) -> str | None:
+        return vae_problem(backbone)
 
     def __init__(self, preconditioner: str = "ekfac", n_fit: int = 1000, aggregation: str = "max",
                  p: float | None = None, beta: float = 0.0, diag_sqrt: bool = False):
@@ -206,8 +209,8 @@ class Rose(Detector):
 
     # ---------------------------------------------------------------------------------- fit
     def fit(self, backbone: torch.nn.Module, id_train: ImageSet) -> Rose:
-        model = require_vae(backbone, self.name)
-        self.backbone_ = model
+        self.check_backbone(backbone)
+        model = self.backbone_ = backbone
         fit_set = subset(id_train, self.n_fit, FIT_SEED)
         key = digest("rose-fit", self.version, weights_digest(model), fit_set.fingerprint,
                      {"preconditioner": self.preconditioner, "n_fit": self.n_fit, "diag_sqrt": self.diag_sqrt})

@@ -20,7 +20,6 @@ import torch
 
 from ood_bench.detectors import estimators
 from ood_bench.detectors.base import Batch, Detector, whole_number
-from ood_bench.errors import UserError
 from ood_bench.numerics import bits_per_dim
 
 
@@ -30,13 +29,13 @@ class _ObjectiveDetector(Detector):
     def __init__(self, iwae_samples: int = 1):
         self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
 
-    def fit(self, backbone: torch.nn.Module, id_train) -> Detector:
-        if getattr(backbone, "objective", None) != self.objective:
-            raise UserError(f"Detector '{self.name}' scores a 'vae' backbone trained with objective "
-                            f"'{self.objective}', but its backbone is a {type(backbone).__name__} trained with "
-                            f"objective '{getattr(backbone, 'objective', 'elbo')}'. Give the detector a backbone "
-                            f"entry with kind: vae and params: {{objective: {self.objective}}}.")
-        return super().fit(backbone, id_train)
+    @classmethod
+    def backbone_problem(cls, backbone: torch.nn.Module) -> str | None:
+        if getattr(backbone, "objective", None) != cls.objective:
+            return (f"it scores a 'vae' backbone trained with objective '{cls.objective}', and this one was "
+                    f"trained with objective '{getattr(backbone, 'objective', 'elbo')}'; give the detector a "
+                    f"backbone entry with kind: vae and params: {{objective: {cls.objective}}}")
+        return None
 
     def _bpd(self, batch: Batch, x: torch.Tensor) -> np.ndarray:
         model = self.backbone_

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -34,15 +35,36 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; explicit keys may override it
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"the key {key!r} appears twice (the first "
+                    f"value would be silently lost); keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_suite_file(path: Path) -> tuple[dict[str, Any], str]:
     """The raw mapping of a suite file and the sha256 of its bytes."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Suite file '{path}' does not exist. "
                         f"Pass the path of a suite YAML file, e.g. suites/fmnist.yaml.")
-    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(data)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"Suite file '{path}' cannot be read ({exc.strerror or exc}). Check its permissions "
+                        f"(e.g. chmod u+r {path}) and run again.") from None
+    try:
+        raw = yaml.load(data, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise UserError(f"Suite file '{path}' is not valid YAML: {exc}. Fix the syntax and run again.") from None
     if not isinstance(raw, dict):
@@ -219,6 +241,15 @@ def check_references(suite: Suite, path: Path) -> None:
             if t.name not in TRANSFORMS:
                 fail(f"{field}.transforms.{j}", f"unknown transform '{t.name}'", TRANSFORMS)
     labels = [r.display_name for r in suite.ood]
+    id_ref = suite.in_distribution
+    id_label = id_ref.label or id_ref.dataset
+    for i, ref in enumerate(suite.ood):
+        if _source(ref, ref.split) == _source(id_ref, id_ref.split) and not ref.transforms:
+            fail(f"ood.{i}", f"'{ref.display_name}' is the in-distribution test set itself ({ref.dataset}, split "
+                             f"'{ref.split}'); an OOD set must differ from it (another dataset, split or a transform)")
+        if ref.display_name in (id_label, f"{id_label}-train (sanity)"):
+            fail(f"ood.{i}.label", f"'{ref.display_name}' is the name of the ID or sanity set; give the OOD set "
+                                   f"another 'label'")
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
         fail("ood", f"two OOD entries share the name {duplicates}; give one of them a distinct 'label'")
@@ -250,6 +281,58 @@ def check_references(suite: Suite, path: Path) -> None:
     for i, metric in enumerate(suite.metrics):
         if metric not in METRICS:
             fail(f"metrics.{i}", f"unknown metric '{metric}'", METRICS)
+
+
+TRAINING_BYTES_PER_PARAMETER = 16
+"""float32 weights, gradients and Adam's two moments: a lower bound on what training a backbone holds."""
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_detector_backbones(suite: Suite, input_shape: tuple[int, int, int], where: str) -> None:
+    """Before any training: refuse a backbone whose weights alone would not fit in this machine's memory, and
+    a detector paired with a backbone it cannot score (``Detector.backbone_problem``). Each backbone entry is
+    built on torch's ``meta`` device (shapes only, no memory) for images of ``input_shape``."""
+    import torch
+
+    from ood_bench.registry import registry
+
+    models: dict[str, Any] = {}
+    memory = _memory_bytes()
+    for label, backbone in suite.backbones.items():
+        with torch.device("meta"):
+            model = registry("backbones").get(backbone.kind).from_params(backbone.params, input_shape)
+        models[label] = model
+        params = sum(p.numel() for p in model.parameters())
+        need = params * TRAINING_BYTES_PER_PARAMETER
+        if memory is not None and need > memory:
+            raise UserError(f"{where} is not a valid suite: field 'backbones.{label}.params': this backbone has "
+                            f"{params:,} parameters; training it needs at least {need / 2**30:,.1f} GiB (weights, "
+                            f"gradients and Adam state) and this machine has {memory / 2**30:,.1f} GiB. Make it "
+                            f"smaller (channels, widths, latent sizes) and run again.")
+    for name, spec in suite.detectors.items():
+        cls = registry("detectors").get(spec.detector or name)
+        problem = cls.backbone_problem(models[spec.backbone])
+        if problem is not None:
+            raise UserError(f"{where} is not a valid suite: field 'detectors.{name}.backbone': detector "
+                            f"'{spec.detector or name}' cannot score backbone '{spec.backbone}' "
+                            f"(kind {suite.backbones[spec.backbone].kind}): {problem}. Fix the field and run again.")
+
+
+def expected_input_shape(suite: Suite) -> tuple[int, int, int] | None:
+    """The training images' shape from the ID dataset's definition, when no transform or parameter changes it
+    (``validate`` loads no data); None when only the data can tell."""
+    from ood_bench.data import get_dataset
+
+    ref = suite.in_distribution
+    if ref.transforms or "shape" in ref.params:
+        return None
+    return tuple(get_dataset(ref.dataset).shape)
 
 
 def _source(ref: DatasetRef, split: str) -> tuple[str, str, str]:

@@ -24,11 +24,12 @@ from rich.console import Console
 import ood_bench
 from ood_bench.cache.store import Finished, ScoreStore
 from ood_bench.compute import resolve_compute
+from ood_bench.errors import UserError
 from ood_bench.execution.executor import Chunk, Executor, RunContext, ScoreJob, TrainRecord, make_executor
 from ood_bench.execution.plan import Plan, build_detector_instance, build_plan, score_keys
 from ood_bench.suite import marks, results
 from ood_bench.suite.datasets import SuiteData, resolve
-from ood_bench.suite.load import SuiteSource, load_suite
+from ood_bench.suite.load import SuiteSource, check_detector_backbones, load_suite
 from ood_bench.suite.schema import Suite
 
 FINALIZE_EVERY_S = 30.0
@@ -72,9 +73,14 @@ def prepare(suite_path: SuiteSource, *, profile: str = "cpu", overrides: dict[st
     """Validate and load a suite, resolve its data and build its plan: (suite, suite hash, data, plan,
     checkpoint folder). Trains and scores nothing; ``ood-bench plan`` stops here."""
     suite, suite_hash = load_suite(suite_path, profile, overrides, detectors, ood)
+    for flag, folder in (("--results", Path(results_root)), ("--checkpoints", checkpoint_dir)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise UserError(f"{flag} {folder} is a file, not a folder; pass a folder (it is created if absent).")
     compute = resolve_compute(device, precision, threads)
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir(results_root))
     data = resolve(suite, strict=strict, download=download)
+    check_detector_backbones(suite, data.train.shape, str(suite_path) if isinstance(suite_path, (str, Path))
+                             else f"suite '{suite.name}'")
     plan = build_plan(suite, data, compute, checkpoint_dir, batch_size, examples_per_unit)
     return suite, suite_hash, data, plan, checkpoint_dir
 

@@ -6,7 +6,7 @@ detectors with their parameters and backbone, seeds, metrics, and named budget p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -65,7 +65,7 @@ class InDistribution(DatasetRef):
 
     train_split: str = "train"
     validation_size: int = Field(5000, gt=0, description="examples carved from train for model selection")
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=2**31 - 1)
     max_train_examples: int | None = Field(None, gt=0)
 
 
@@ -106,7 +106,7 @@ class Suite(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
     in_distribution: InDistribution
     ood: list[DatasetRef] = Field(min_length=1)
     backbones: dict[str, BackboneSpec] = Field(min_length=1)
@@ -118,6 +118,14 @@ class Suite(Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     profile: str = "cpu"
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seeds must be distinct; {repeated} appear more than once")
+        return value
 
     @field_validator("in_distribution", mode="before")
     @classmethod
