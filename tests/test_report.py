@@ -213,3 +213,48 @@ def test_compare_cli_prints_intervals(fake_runs, capsys):
 def test_report_of_a_directory_without_a_run_is_a_user_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "is not an ood-bench run directory" in " ".join(capsys.readouterr().err.split())
+
+
+@needs_data
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package `chromium`)")
+def test_the_headline_table_is_on_the_first_screen_and_no_table_overflows(tiny_report, tmp_path):
+    """Layout at 1400x900, measured by the browser: a copy of the page with a probe script (the report itself
+    has no script) writes the measurements into the DOM, which headless Chromium dumps."""
+    _, out = tiny_report
+    probe = ("<script>window.addEventListener('load', () => {const t = document.querySelectorAll('table');"
+             "const head = t[0].getBoundingClientRect();"
+             "const wide = Array.from(t).filter(x => x.getBoundingClientRect().right > window.innerWidth + 1).length;"
+             "document.body.setAttribute('data-probe', [head.top, head.bottom, wide, window.innerWidth].join(','));"
+             "});</script></body>")
+    page = (out / "index.html").read_text().replace("</body>", probe)
+    copy = out / "probe.html"
+    copy.write_text(page)
+    try:
+        proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               "--disable-background-networking", "--window-size=1400,900",
+                               "--virtual-time-budget=5000", "--dump-dom", copy.resolve().as_uri()],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        copy.unlink()
+    found = re.search(r'data-probe="([^"]+)"', proc.stdout)
+    assert found, proc.stderr[-2000:]
+    top, bottom, overflowing, width = (float(v) for v in found.group(1).split(","))
+    assert width >= 1300 and 0 < top < 900, found.group(1)  # the headline table starts on the first screen
+    assert overflowing == 0  # every table fits the page or scrolls inside its own box
+    text = (out / "report.md").read_text()
+    assert text.index("## Headline") < text.index("## ROC curves") < text.index("## Every metric")
+    assert text.index("<details><summary>Provenance") > text.index("## Every metric")
+
+
+def test_provenance_shows_each_steps_time_from_the_run_that_computed_it():
+    from ood_bench.report.build import _step_times
+
+    plan = {"history": [
+        {"date": "first", "wall_s_parts": {"backbone hvae seed 0": 120.0, "score llr seed 0": 30.0}},
+        {"date": "second", "wall_s_parts": {"backbone hvae seed 0": 0.1, "score llr seed 0": 0.0,
+                                            "score new seed 0": 5.0}},
+    ]}
+    rows = {r[0]: r[1:] for r in _step_times(plan)}
+    assert rows["backbone hvae seed 0"] == ["120.0 s", "computed by the run of first; cached since"]
+    assert rows["score llr seed 0"][0] == "30.0 s"
+    assert rows["score new seed 0"] == ["5.0 s", "this run"]

@@ -27,7 +27,17 @@ from ood_bench.metrics import METRIC_INFO, balanced_pair
 from ood_bench.models.training import TrainedBackbone
 from ood_bench.report import figures
 from ood_bench.report.leaderboard import _metric_view, _metrics_of, leaderboard_table
-from ood_bench.report.page import Block, Bullets, Heading, Image, TableBlock, Text, render_html, render_markdown
+from ood_bench.report.page import (
+    Block,
+    Bullets,
+    Collapsible,
+    Heading,
+    Image,
+    TableBlock,
+    Text,
+    render_html,
+    render_markdown,
+)
 from ood_bench.suite.results import read_plan, records_from_cache, score_pairs
 
 FIGURES = "figures"
@@ -72,11 +82,15 @@ def write_report(
     seed = plan["seeds"][0]
     title = f"ood-bench report: {plan['suite']} ({plan['profile']} profile)"
 
-    blocks: list[Block] = [*_provenance(plan), *_leaderboard(run_dir, plan)]
+    records = records_from_cache(run_dir)
+    blocks: list[Block] = [*_protocol(plan), *_headline(records, plan)]
     scores = _first_seed_scores(run_dir, plan, seed)
     blocks += _roc_section(plan, scores, seed, fig_dir, names)
     blocks += _density_section(plan, scores, seed, fig_dir, names)
     blocks += _backbone_sections(plan, run_dir, seed, suite_path, checkpoint_dir, fig_dir, names, console)
+    blocks += _leaderboard(records, plan)
+    blocks.append(Collapsible("Provenance: code, data, checkpoints and the cost of every step",
+                              _provenance(plan)))
 
     write_text_atomic(out / "report.md", render_markdown(title, blocks))
     write_text_atomic(out / "index.html", render_html(title, blocks))
@@ -84,6 +98,82 @@ def write_report(
 
 
 # ------------------------------------------------------------------------------------ tables
+HEADLINE_METRIC = "auroc"
+
+
+def _protocol(plan: dict[str, Any]) -> list[Block]:
+    """One line per backbone: kind, pixels and head, objective, training budget, seeds."""
+    lines = []
+    seeds = ", ".join(map(str, plan["seeds"]))
+    for key, entry in plan.get("backbones", {}).items():
+        label, _, seed = key.rpartition("/seed")
+        if seed != str(plan["seeds"][0]):
+            continue
+        meta = entry.get("metadata", {})
+        params, train = meta.get("params", {}), meta.get("train_config", {})
+        head = params.get("likelihood")
+        pixels = {"bernoulli": "dynamically binarised pixels, Bernoulli head",
+                  "dlm": "8-bit pixels, discretised logistic mixture head",
+                  "categorical": "8-bit pixels, 256-way categorical head"}.get(head, f"{head} head")
+        objective = params.get("objective", "elbo")
+        aux = meta.get("aux_data", {}).get("name")
+        lines.append(f"{label}: {meta.get('kind', '?')}, {pixels}, objective {objective}"
+                     f"{f' with auxiliary {aux}' if aux else ''}, {train.get('epochs', '?')} epochs x batch "
+                     f"{train.get('batch_size', '?')}, seeds {seeds}")
+    return [Text(f"Suite {plan['suite']}, profile {plan['profile']}, in-distribution {plan['id_set']}; "
+                 f"{len(plan['seeds'])} seed(s); scores are higher = more OOD."), Bullets(lines)]
+
+
+def _headline(records, plan: dict[str, Any]) -> list[Block]:
+    """AUROC (OOD positive) of every detector output, grouped by backbone, best cell of each set in bold."""
+    metric = HEADLINE_METRIC if HEADLINE_METRIC in plan["metrics"] else plan["metrics"][0]
+    table = leaderboard_table(records, [metric], missing=plan.get("missing"))
+    headers, rows, n_labels = _metric_view(table, metric)
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][1], i))  # grouped by backbone, suite order inside
+    rows = [rows[i] for i in order]
+    strong = set()
+    for j in range(n_labels, len(headers)):
+        if str(headers[j]).endswith("(sanity)"):
+            continue  # 0.5 is the target there, not the maximum
+        means = [(float(str(r[j]).split()[0]), i) for i, r in enumerate(rows) if _is_number(str(r[j]).split()[0])]
+        if means:
+            best = max(m for m, _ in means)
+            strong |= {(i, j) for m, i in means if m == best}
+    return [Heading(f"Headline: {metric} ({METRIC_INFO.get(metric, '').split(';')[0]})"),
+            TableBlock([str(h) for h in headers], [[str(c) for c in row] for row in rows], frozenset(strong)),
+            Bullets(["Bold: the best mean of each OOD set (the sanity column's target is 0.5). Mean ± sample std "
+                     "over seeds.", *table.attrs.get("footnotes", [])])]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _step_times(plan: dict[str, Any]) -> list[list[str]]:
+    """Each step's wall time from the run that computed it (the latest one that took time), not a cached rerun."""
+    history = plan.get("history") or [{"wall_s_parts": plan.get("provenance", {}).get("wall_s", {}),
+                                        "date": plan.get("provenance", {}).get("date", "")}]
+    latest = history[-1].get("wall_s_parts", {})
+    rows = []
+    for step in dict.fromkeys(k for run in history for k in run.get("wall_s_parts", {})):
+        computed = [run for run in history if run.get("wall_s_parts", {}).get(step, 0.0) >= CACHED_S]
+        if not computed:
+            rows.append([step, f"{latest.get(step, 0.0):.1f} s", "cached in every recorded run"])
+            continue
+        run = computed[-1]
+        note = "this run" if run is history[-1] else f"computed by the run of {run.get('date', '?')}; cached since"
+        rows.append([step, f"{run['wall_s_parts'][step]:.1f} s", note])
+    return rows
+
+
+CACHED_S = 0.5
+"""A step that took less than this was loaded from the caches (checkpoint loads and cache reads take ~0.1 s)."""
+
+
 def _provenance(plan: dict[str, Any]) -> list[Block]:
     prov = plan.get("provenance", {})
     rows = [["suite", f"{plan['suite']} ({plan.get('suite_file', '')})"],
@@ -91,23 +181,25 @@ def _provenance(plan: dict[str, Any]) -> list[Block]:
             ["git revision", str(prov.get("git_revision"))],
             ["ood-bench / torch", f"{prov.get('ood_bench_version', '')} / {prov.get('torch', '')}"],
             ["profile", plan["profile"]], ["device", plan.get("device", "")],
-            ["machine", prov.get("machine", "")], ["date", prov.get("date", "")],
-            ["seeds", ", ".join(map(str, plan["seeds"]))],
+            ["numerics", str(prov.get("compute", ""))], ["executor", str(prov.get("executor", "local"))],
+            ["overrides", str(plan.get("overrides") or "none")], ["machine", prov.get("machine", "")],
+            ["date", prov.get("date", "")], ["seeds", ", ".join(map(str, plan["seeds"]))],
             ["balanced", "yes" if plan.get("balanced") else "no"]]
-    rows += [[f"wall time: {k}", f"{v:.1f} s"] for k, v in prov.get("wall_s", {}).items()]
     sets = [[label, info["role"], str(info["n"]), info["fingerprint"]] for label, info in plan["sets"].items()]
     sets += [[m["ood_set"], "missing", "", m.get("fetch_command", "")] for m in plan.get("missing", [])]
     backbones = [[key, Path(b["checkpoint"]).name, b.get("weights_sha256") or b.get("sha256", "")]
                  for key, b in plan.get("backbones", {}).items()]
-    return [Heading("Provenance"), TableBlock(["field", "value"], rows),
+    return [TableBlock(["field", "value"], rows),
+            Text("Wall time of every step, from the run that computed it:"),
+            TableBlock(["step", "wall time", "computed"], _step_times(plan)),
             Text("Evaluation sets (fingerprint: the data checksum every cache key includes):"),
             TableBlock(["set", "role", "examples", "fingerprint / how to fetch"], sets),
             Text("Backbones:"), TableBlock(["backbone/seed", "checkpoint", "weights sha256"], backbones)]
 
 
-def _leaderboard(run_dir: Path, plan: dict[str, Any]) -> list[Block]:
-    table = leaderboard_table(records_from_cache(run_dir), plan["metrics"], missing=plan.get("missing"))
-    blocks: list[Block] = [Heading("Leaderboard"),
+def _leaderboard(records, plan: dict[str, Any]) -> list[Block]:
+    table = leaderboard_table(records, plan["metrics"], missing=plan.get("missing"))
+    blocks: list[Block] = [Heading("Every metric"),
                            Text("The same numbers as `ood-bench show`: mean ± sample std over seeds; scores are "
                                 "higher = more OOD.")]
     for metric in _metrics_of(table):
