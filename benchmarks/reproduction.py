@@ -169,6 +169,10 @@ def run_header(run_dir: Path) -> str:
             f"seeds {plan['seeds']}, "
             f"device {prov['device']}, torch {prov['torch']}, {prov['machine']}; first run {first['date']} at "
             f"commit `{first['git_revision']}`, {first['wall_s']:.0f} s inside `ood-bench run`")
+    later = [run for run in history[1:] if run.get("scored_examples") or run.get("trained_backbones")]
+    for run in later:  # a rerun of a changed subset suite computed more rows, at its own commit
+        text += (f"; then {run['date']} at commit `{run['git_revision']}`, {run['wall_s']:.0f} s, "
+                 f"{run['scored_examples']} examples scored")
     if plan["missing"]:
         text += "; not available on this machine: " + ", ".join(m["ood_set"] for m in plan["missing"])
     return text + "."
@@ -321,6 +325,8 @@ CRITERIA = [
     ("IC, 8-bit, uniform noise (better of png/jp2)", "input_complexity", "ic_*", "uniform-noise", ">=", 0.95),
     ("IC, 8-bit, CIFAR10-gray (better of png/jp2)", "input_complexity", "ic_*", "cifar10-gray", ">=", 0.95),
     ("ROSE, 8-bit, better preconditioner, MNIST", "rose|rose_diag", "rose", "mnist", ">=", 0.93),
+    ("ROSE, Bernoulli ablation, better preconditioner, MNIST", "rose_bernoulli|rose_diag_bernoulli", "rose",
+     "mnist", ">=", 0.93),
     ("LR(Z), 8-bit, MNIST", "likelihood_regret", "regret", "mnist", ">=", 0.93),
     ("BPVAE, MNIST", "bpvae", "bpd", "mnist", ">=", 0.70),
     ("LLR>1, MNIST", "llr", "llr_k1", "mnist", ">=", 0.97),
