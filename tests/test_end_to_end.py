@@ -91,6 +91,35 @@ def test_show_prints_the_cached_leaderboard(first_run):
     assert "llr_k1" in proc.stdout and "uniform-noise" in proc.stdout
 
 
+def test_export_and_filtered_compare(first_run, tmp_path):
+    base, run_dir, _ = first_run
+    proc = cli("export", run_dir, "--out", tmp_path / "scores.csv")
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "scores.csv")
+    scores = all_scores(run_dir)
+    assert len(table) == sum(len(v) for arrays in scores.values() for v in arrays.values())
+    row = table[(table["detector"] == "llr") & (table["output"] == "llr_k1") & (table["set"] == "mnist")]
+    np.testing.assert_array_equal(row.sort_values("index")["score"].to_numpy(), scores[("llr", "mnist")]["llr_k1"])
+    assert set(table["role"]) == {"id", "ood", "sanity"}
+    import importlib.util
+
+    parquet = cli("export", run_dir, "--format", "parquet", "--out", tmp_path / "scores.parquet")
+    if importlib.util.find_spec("pyarrow") is None:
+        assert parquet.returncode == 2 and "pip install pyarrow" in parquet.stderr
+    else:
+        assert parquet.returncode == 0 and len(pd.read_parquet(tmp_path / "scores.parquet")) == len(table)
+    out = tmp_path / "deltas.csv"
+    copy = tmp_path / "copy" / "tiny"
+    import shutil
+
+    shutil.copytree(run_dir, copy)
+    proc = cli("compare", run_dir, copy, "--metric", "auroc", "--ood", "mnist", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    deltas = pd.read_csv(out)
+    assert set(deltas["ood_set"]) == {"mnist"} and set(deltas["metric"]) == {"auroc"}
+    assert (deltas.filter(like="delta") == 0).all().all()
+
+
 def test_scores_do_not_depend_on_batch_size(first_run):
     base, run_dir, _ = first_run
     proc = cli("run", TINY, "--results", base / "bs7", "--checkpoints", base / "ckpt", "--batch-size", "7")

@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--bootstrap", type=int, default=0, metavar="N",
                          help="add 95%% confidence intervals of each delta from N resamples of the examples")
     compare.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resamples (default: 0)")
+    compare.add_argument("--metric", action="append", default=None, help="only this metric (repeatable)")
+    compare.add_argument("--ood", default=None, metavar="A,B", help="only these OOD sets")
+    compare.add_argument("--out", type=Path, default=None, help="also write the table as CSV to this file")
+
+    export = sub.add_parser("export", help="per-example scores of a cached run as one table (CSV or Parquet)",
+                            epilog="example:\n  ood-bench export results/fmnist --format csv --out scores.csv",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    export.add_argument("--out", type=Path, default=None, help="output file (default: RUN_DIR/scores.<format>)")
 
     report = sub.add_parser("report", help="write figures and a static HTML/Markdown report of a cached run")
     report.add_argument("run_dir", type=Path)
@@ -228,13 +238,46 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     if len(args.run_dirs) < 2:
         raise UserError("compare needs at least two run directories, e.g. `ood-bench compare results/a results/b`.")
     named = {str(d): records_from_cache(d) for d in args.run_dirs}
-    table = compare_runs(named)
+    table = compare_runs(named, metrics=args.metric)
     if args.bootstrap:
         from ood_bench.report.compare import add_intervals, bootstrap_deltas
 
         table = add_intervals(table, bootstrap_deltas(args.run_dirs, args.bootstrap, seed=args.bootstrap_seed))
         console.print(f"bootstrap: {args.bootstrap} resamples, seed {args.bootstrap_seed}")
+    if args.ood is not None:
+        wanted = {n.strip() for n in args.ood.split(",") if n.strip()}
+        present = set(table.index.get_level_values("ood_set"))
+        if not wanted & present:
+            raise UserError(f"--ood {args.ood}: none of these sets is in the runs; they have "
+                            f"{', '.join(sorted(present))}.")
+        table = table[table.index.get_level_values("ood_set").isin(wanted)]
     print_comparison(table, console)
+    if args.out is not None:
+        from ood_bench.files import write_text_atomic
+
+        write_text_atomic(args.out, table.reset_index().to_csv(index=False))
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace, console: Console) -> int:
+    from ood_bench.suite.results import export_scores
+
+    out = args.out or args.run_dir / f"scores.{args.format}"
+    frame = export_scores(args.run_dir)
+    if args.format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UserError("--format parquet needs pyarrow (`pip install pyarrow`); or use --format csv.") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(out, index=False)
+    else:
+        from ood_bench.files import write_text_atomic
+
+        write_text_atomic(out, frame.to_csv(index=False))
+    console.print(f"{len(frame)} scores ({frame['detector'].nunique()} detectors, {frame['set'].nunique()} sets) "
+                  f"-> {out}")
     return 0
 
 
@@ -292,7 +335,7 @@ def _data(args: argparse.Namespace, console: Console) -> int:
 
 
 COMMANDS = {"run": _run, "plan": _plan, "validate": _validate, "show": _show, "compare": _compare,
-            "report": _report, "list": _list, "data": _data}
+            "export": _export, "report": _report, "list": _list, "data": _data}
 
 
 if __name__ == "__main__":

@@ -97,3 +97,24 @@ def records_from_cache(run_dir: Path) -> pd.DataFrame:
                 })
     return pd.DataFrame(rows, columns=["detector", "backbone", "output", "params", "uses_auxiliary_data",
                                        "seed", "ood_set", "metric", "value", "marks", "nonfinite"])
+
+
+def export_scores(run_dir: Path) -> pd.DataFrame:
+    """Every cached per-example score of a run as one long table: detector, output, seed, set, role, index,
+    score (as stored: non-finite values are kept)."""
+    plan = read_plan(run_dir)
+    store = ScoreStore(run_dir)
+    frames = []
+    for ev in plan["evaluations"]:
+        for set_label, key in ev["keys"].items():
+            scores = store.get(key)
+            if scores is None:
+                raise UserError(f"Scores of {ev['detector']} on {set_label} are missing from {store.path}; run "
+                                f"the suite again to compute them.")
+            for output, values in scores.items():
+                frames.append(pd.DataFrame({
+                    "detector": ev["detector"], "backbone": ev["backbone"], "output": output, "seed": ev["seed"],
+                    "set": set_label, "role": plan["sets"][set_label]["role"],
+                    "index": np.arange(len(values)), "score": values}))
+    columns = ["detector", "backbone", "output", "seed", "set", "role", "index", "score"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
