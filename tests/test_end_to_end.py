@@ -161,6 +161,26 @@ def test_a_damaged_score_is_refused_by_show_and_recomputed_by_run(first_run):
             np.testing.assert_array_equal(got[k][output], ref[k][output])
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not utf-8", "wrong shape"])
+def test_a_damaged_run_record_is_refused_by_show_and_rebuilt_by_run(first_run, damage):
+    import shutil
+
+    base, run_dir, _ = first_run
+    root = base / f"record-{damage.replace(' ', '-')}"
+    copy = root / "tiny"
+    shutil.copytree(run_dir, copy)
+    text = (copy / "run.json").read_bytes()
+    (copy / "run.json").write_bytes({"truncated": text[: len(text) // 2], "not utf-8": b"\xff\xfe" + text,
+                                     "wrong shape": b'{"suite": "tiny", "evaluations": {}}'}[damage])
+    shown = cli("show", copy)
+    assert shown.returncode == 2 and "run.json is damaged" in shown.stderr and "Traceback" not in shown.stderr
+    rerun = cli("run", TINY, "--results", root, "--checkpoints", base / "ckpt")
+    assert rerun.returncode == 0, rerun.stderr
+    prov = json.loads((copy / "run.json").read_text())["provenance"]
+    assert prov["trained_backbones"] == 0 and prov["scored_examples"] == 0  # rebuilt from the cache alone
+    assert cli("show", copy).returncode == 0
+
+
 def test_kill_9_during_scoring_resumes_to_identical_scores(first_run):
     base, run_dir, _ = first_run
     results = base / "killed"

@@ -28,19 +28,59 @@ def write_plan(run_dir: Path, plan: dict[str, Any]) -> Path:
     return write_json_atomic(Path(run_dir) / PLAN_NAME, plan)
 
 
+REQUIRED = {"suite": str, "profile": str, "seeds": list, "metrics": list, "id_set": str, "sets": dict,
+            "missing": list, "evaluations": list, "backbones": dict, "provenance": dict}
+"""The fields every reader of run.json relies on, with their JSON types."""
+EVALUATION = {"detector": str, "backbone": str, "seed": int, "keys": dict, "params_str": str}
+
+
+def _problem(plan: Any) -> str | None:
+    """What is wrong with the shape of a decoded run.json, or None."""
+    if not isinstance(plan, dict):
+        return f"it holds a {type(plan).__name__}, not a mapping"
+    for name, kind in REQUIRED.items():
+        if not isinstance(plan.get(name), kind):
+            found = "missing" if name not in plan else type(plan[name]).__name__
+            return f"field '{name}' is {found}, not {kind.__name__}"
+    for i, ev in enumerate(plan["evaluations"]):
+        for name, kind in EVALUATION.items():
+            if not isinstance(ev, dict) or not isinstance(ev.get(name), kind):
+                return f"evaluation {i} lacks a valid '{name}'"
+        if plan["id_set"] not in ev["keys"]:
+            return f"evaluation {i} has no key for the ID set '{plan['id_set']}'"
+    return None
+
+
 def read_plan(run_dir: Path) -> dict[str, Any]:
-    """The plan of a run directory, or a UserError saying how to make one."""
+    """The validated run record (run.json) of a run directory, or a UserError saying how to make or repair it."""
     path = Path(run_dir) / PLAN_NAME
     if not path.is_file():
         raise UserError(f"'{run_dir}' is not an ood-bench run directory (no {PLAN_NAME}). Pass a directory "
                         f"written by `ood-bench run SUITE`, e.g. results/fmnist.")
-    return json.loads(path.read_text())
+    try:
+        plan = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        problem: str | None = f"it is not valid UTF-8 JSON ({exc})"
+    else:
+        problem = _problem(plan)
+    if problem is not None:
+        raise UserError(f"{path} is damaged: {problem}. The scores themselves are in scores.h5; run the suite "
+                        f"again (`ood-bench run SUITE` with the same --results) to rebuild the record from the "
+                        f"cache, which recomputes nothing that is cached.")
+    return plan
 
 
 def previous_runs(run_dir: Path) -> list[dict[str, Any]]:
-    """What earlier runs in this directory computed and how long they took (from run.json)."""
+    """What earlier runs in this directory computed and how long they took (run.json's history); empty when
+    there is no record or it is damaged (the run that calls this rewrites it)."""
     path = Path(run_dir) / PLAN_NAME
-    return json.loads(path.read_text()).get("history", []) if path.is_file() else []
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_bytes().decode("utf-8")).get("history", [])
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return []
+    return [run for run in history if isinstance(run, dict)] if isinstance(history, list) else []
 
 
 Pair = tuple[dict[str, Any], str, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]
