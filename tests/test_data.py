@@ -518,3 +518,24 @@ def test_16_bit_grey_images_are_rescaled_not_clipped_and_32_bit_ones_refused():
     Image.fromarray(np.array([[1.5, 2.0]], dtype=np.float32)).save(tiff, format="TIFF")
     with pytest.raises(ValueError, match="no fixed pixel range"):
         decode_image(tiff.getvalue())
+
+
+def test_a_decoded_cache_with_flipped_pixels_is_not_used(tmp_path: Path, caplog):
+    from ood_bench.data import data_dir
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((6, 6), 50 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    cache_dir = data_dir() / "cache" / "image_folder"
+    before = set(cache_dir.glob("*.npy")) if cache_dir.exists() else set()
+    first = load_split("image_folder", params={"path": str(folder)})
+    (cache,) = set(cache_dir.glob("*.npy")) - before  # this folder's decoded cache
+    assert cache.with_name(cache.name + ".sha256").is_file()
+    raw = bytearray(cache.read_bytes())
+    raw[-1] ^= 0xFF  # one pixel of the last image
+    cache.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        again = load_split("image_folder", params={"path": str(folder)})
+    assert np.array_equal(again.images, first.images)  # decoded from the source files, not the damaged cache
+    assert "damaged cache" in caplog.text

@@ -7,6 +7,7 @@ second load skips decoding and hashing; the cache is only ever written from veri
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from ood_bench.data.definitions import DatasetDef, SourceFormat
 from ood_bench.data.imageset import ImageSet
 from ood_bench.data.registry import available_datasets, get_dataset, plugin_errors
 from ood_bench.errors import DatasetMissing
-from ood_bench.files import write_atomic
+from ood_bench.files import write_atomic, write_text_atomic
 from ood_bench.hashing import digest
 
 log = logging.getLogger(__name__)
@@ -73,24 +74,39 @@ def _cache_path(name: str, split: str, fingerprint: str) -> Path:
     return sources.data_dir() / "cache" / name / f"{split}-{fingerprint[:32]}.npy"
 
 
+def _pixels_digest(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def _read_cache(path: Path) -> np.ndarray | None:
+    """The decoded array cached at ``path`` if it matches the digest written with it; else None (and the
+    cache is deleted, so the caller decodes the verified source files again)."""
     if not path.is_file():
         return None
     try:
         images = np.load(path, allow_pickle=False)
+        expected = _digest_path(path).read_text().strip()
     except (OSError, ValueError) as error:
         log.warning("ignoring unreadable cache %s: %s", path, error)
+        images, expected = None, None
+    if images is not None and (images.dtype != np.uint8 or images.ndim != 4 or _pixels_digest(images) != expected):
+        log.warning("ignoring damaged cache %s (its pixels do not match the digest written with it); decoding "
+                    "the source files again", path)
+        images = None
+    if images is None:
         path.unlink(missing_ok=True)
-        return None
-    if images.dtype != np.uint8 or images.ndim != 4:
-        path.unlink(missing_ok=True)
-        return None
+        _digest_path(path).unlink(missing_ok=True)
     return images
 
 
 def _write_cache(path: Path, images: np.ndarray) -> None:
     try:
         write_atomic(path, lambda f: np.save(f, images, allow_pickle=False))
+        write_text_atomic(_digest_path(path), _pixels_digest(images) + "\n")
     except OSError as error:
         log.warning("could not cache %s: %s", path, error)
 
