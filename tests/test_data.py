@@ -345,8 +345,8 @@ def test_image_folder_reads_dirs_and_zips_and_tracks_content(tmp_path: Path):
     assert changed.fingerprint != loaded.fingerprint and changed.images[0, 0, 0, 0] == 7  # cache not stale
 
     Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(folder / "odd.png")
-    with pytest.raises(UserError, match="shape"):
-        load_split("image_folder", params={"path": str(folder)})
+    mixed = load_split("image_folder", params={"path": str(folder)})  # resized to the most common size
+    assert mixed.images.shape == (5, 3, 8, 8)
     with pytest.raises(UserError, match="does not exist"):
         load_split("image_folder", params={"path": str(tmp_path / "nowhere")})
 
@@ -539,3 +539,19 @@ def test_a_decoded_cache_with_flipped_pixels_is_not_used(tmp_path: Path, caplog)
         again = load_split("image_folder", params={"path": str(folder)})
     assert np.array_equal(again.images, first.images)  # decoded from the source files, not the damaged cache
     assert "damaged cache" in caplog.text
+
+
+def test_array_dataset_reads_npy_and_npz_in_every_layout(tmp_path: Path):
+    nhwc = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    np.savez(tmp_path / "x.npz", imgs=nhwc)
+    got = load_split("array", params={"path": str(tmp_path / "x.npz")})
+    assert got.images.shape == (2, 3, 4, 4) and np.array_equal(got.images, nhwc.transpose(0, 3, 1, 2))
+    np.save(tmp_path / "g.npy", nhwc[..., 0])
+    assert load_split("array", params={"path": str(tmp_path / "g.npy")}).images.shape == (2, 1, 4, 4)
+    np.savez(tmp_path / "two.npz", a=nhwc, b=nhwc)
+    with pytest.raises(UserError, match="pass the parameter key"):
+        load_split("array", params={"path": str(tmp_path / "two.npz")})
+    assert load_split("array", params={"path": str(tmp_path / "two.npz"), "key": "b"}).images.shape == (2, 3, 4, 4)
+    np.save(tmp_path / "f.npy", nhwc.astype(np.float32))
+    with pytest.raises(UserError, match="not uint8"):
+        load_split("array", params={"path": str(tmp_path / "f.npy")})

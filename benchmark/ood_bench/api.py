@@ -148,10 +148,11 @@ class Run:
 
     def checkpoint(self, backbone: str, seed: int = 0) -> Path:
         """The checkpoint file of suite backbone ``backbone`` at ``seed``."""
-        entry = self.record["backbones"].get(f"{backbone}/seed{seed}")
+        backbones = self.record.get("backbones", {})
+        entry = backbones.get(f"{backbone}/seed{seed}")
         if entry is None:
             raise UserError(f"The run has no backbone '{backbone}' at seed {seed}; it has "
-                            f"{', '.join(self.record['backbones'])}.")
+                            f"{', '.join(backbones) or 'none recorded'}.")
         return Path(entry["checkpoint"])
 
 

@@ -224,7 +224,8 @@ def _show(args: argparse.Namespace, console: Console) -> int:
     else:
         table = leaderboard_table(records, plan["metrics"], missing=plan["missing"])
         if fmt == "md":  # whole cells, no terminal width: for pipes, files and notebooks
-            prov = plan["provenance"] | {"suite": plan["suite"], "seeds": plan["seeds"], "balanced": plan["balanced"]}
+            prov = plan.get("provenance", {}) | {"suite": plan["suite"], "seeds": plan["seeds"],
+                                                 "balanced": plan["balanced"]}
             sys.stdout.write(render_markdown(table, plan["missing"], prov) + "\n")
         else:
             print_table(table, console, title=f"{plan['suite']} ({plan['profile']} profile)")

@@ -387,6 +387,12 @@ GTSRB = DatasetDef(
 )
 
 
+def _optional_name(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"expected an array name (a string) or null, got {value!r}")
+    return value
+
+
 # --- synthetic and user data ----------------------------------------------------------------------------
 _SYNTHETIC_PARAMS = {
     "n": Param("number of images, a positive integer of at most 1,000,000", 10000, synthetic_count),
@@ -426,4 +432,17 @@ IMAGE_FOLDER = DatasetDef(
     },
     loader=local_sets.load_image_folder,
     identify=local_sets.image_folder_identity,
+)
+ARRAY = DatasetDef(
+    name="array",
+    description="Your own images as a NumPy file: .npy, or one array of a .npz (uint8 NCHW, NHWC or NHW); every "
+                "split reads the same images.",
+    splits=("test", "train"),
+    shape=(3, 32, 32),
+    params={
+        "path": Param("path to a .npy or .npz file", check=local_sets.existing_path, in_fingerprint=False),
+        "key": Param("the array's name inside a .npz (needed when it holds several)", None, _optional_name),
+    },
+    loader=local_sets.load_array,
+    identify=local_sets.array_identity,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,9 @@ def image_folder_identity(params: Mapping[str, Any]) -> str:
 def load_image_folder(split: str, params: Mapping[str, Any]) -> np.ndarray:
     """All images under ``path`` (sorted by relative path); with ``shape`` each is conformed to it.
 
-    Without ``shape`` all images must have the same size; grey images stay one-channel unless the folder
-    also holds colour images, in which case all become RGB.
+    Without ``shape`` images of different sizes are resized to the most common size (a suite then converts
+    the set to its ID shape anyway); grey images stay one-channel unless the folder also holds colour images,
+    in which case all become RGB.
     """
     path, shape = Path(params["path"]), params["shape"]
     try:
@@ -67,9 +69,44 @@ def load_image_folder(split: str, params: Mapping[str, Any]) -> np.ndarray:
         except OSError as error:
             raise UserError(f"image_folder cannot decode {name} in {path}: {error}.") from error
     if shape is None:
-        sizes = sorted({image.shape[1:] for image in decoded})
-        if len(sizes) > 1:
-            raise UserError(f"Images in {path} have different sizes ({', '.join(map(str, sizes[:5]))}, ...); "
-                            f"pass the image_folder parameter shape: [C, H, W] to resize them all.")
-        shape = [max(image.shape[0] for image in decoded), *sizes[0]]
+        counts = Counter(image.shape[1:] for image in decoded)
+        size = max(counts, key=lambda hw: (counts[hw], hw))  # the most common; ties go to the larger
+        shape = [max(image.shape[0] for image in decoded), *size]
     return stack_conformed(decoded, shape)
+
+
+def array_identity(params: Mapping[str, Any]) -> str:
+    """The sha256 of the .npy / .npz file and the array's key."""
+    return digest("array", hash_file(Path(params["path"])), params["key"])
+
+
+def load_array(split: str, params: Mapping[str, Any]) -> np.ndarray:
+    """Images from a .npy file or one array of a .npz file: uint8 (N, C, H, W), (N, H, W, C) with C 1 or 3,
+    or (N, H, W) for grey; every split reads the same images."""
+    path, key = Path(params["path"]), params["key"]
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            array = loaded
+        else:
+            with loaded:
+                names = list(loaded.files)
+                if key is None and len(names) != 1:
+                    raise UserError(f"array: {path} holds arrays {names}; pass the parameter key: <name>.")
+                if key is not None and key not in names:
+                    raise UserError(f"array: {path} has no array '{key}'; it holds {names}.")
+                array = loaded[key or names[0]]
+    except (OSError, ValueError) as error:
+        raise UserError(f"array cannot read {path} as .npy / .npz: {error}.") from error
+    if array.dtype != np.uint8:
+        raise UserError(f"array: {path} holds {array.dtype}, not uint8 pixels; convert with "
+                        f"(x * 255).round().astype(np.uint8) for floats in [0, 1].")
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4 and array.shape[1] not in (1, 3) and array.shape[3] in (1, 3):
+        array = array.transpose(0, 3, 1, 2)
+    if array.ndim != 4 or array.shape[1] not in (1, 3) or array.shape[0] == 0:
+        raise UserError(f"array: {path} holds shape {array.shape}; expected (N, C, H, W), (N, H, W, C) with C 1 "
+                        f"or 3, or (N, H, W).")
+    return np.ascontiguousarray(array)
+

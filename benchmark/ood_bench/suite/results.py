@@ -28,9 +28,10 @@ def write_plan(run_dir: Path, plan: dict[str, Any]) -> Path:
     return write_json_atomic(Path(run_dir) / PLAN_NAME, plan)
 
 
-REQUIRED = {"suite": str, "profile": str, "seeds": list, "metrics": list, "id_set": str, "sets": dict,
-            "missing": list, "evaluations": list, "backbones": dict, "provenance": dict}
-"""The fields every reader of run.json relies on, with their JSON types."""
+REQUIRED = {"suite": str, "profile": str, "seeds": list, "metrics": list, "balanced": bool, "id_set": str,
+            "sets": dict, "missing": list, "evaluations": list}
+"""The fields every reader of run.json relies on, with their JSON types (``backbones``, ``provenance`` and
+``history`` are read with defaults: the report and show say what they lack)."""
 EVALUATION = {"detector": str, "backbone": str, "seed": int, "keys": dict, "params_str": str}
 
 
