@@ -419,30 +419,21 @@ CONSTANT = DatasetDef(
     loader=local_sets.constant_images,
     cache=False,
 )
-IMAGE_FOLDER = DatasetDef(
-    name="image_folder",
-    description="Your own images: a directory, zip or tar of image files (sorted by path); every split reads "
-                "the same images.",
-    splits=("test", "train"),
-    shape=(3, 32, 32),
-    params={
-        "path": Param("path to a directory, zip or tar of images", check=local_sets.existing_path,
-                      in_fingerprint=False),
-        "shape": Param("optional [C, H, W] every image is converted to", None, optional_image_shape),
-    },
-    loader=local_sets.load_image_folder,
-    identify=local_sets.image_folder_identity,
-)
-ARRAY = DatasetDef(
-    name="array",
-    description="Your own images as a NumPy file: .npy, or one array of a .npz (uint8 NCHW, NHWC or NHW); every "
-                "split reads the same images.",
-    splits=("test", "train"),
-    shape=(3, 32, 32),
-    params={
-        "path": Param("path to a .npy or .npz file", check=local_sets.existing_path, in_fingerprint=False),
-        "key": Param("the array's name inside a .npz (needed when it holds several)", None, _optional_name),
-    },
-    loader=local_sets.load_array,
-    identify=local_sets.array_identity,
-)
+def _user_files(name: str, description: str, path_help: str, extra: dict[str, Param], loader, identify) -> DatasetDef:
+    """A dataset read from the user's own files at the parameter ``path``: every split reads the same images."""
+    return DatasetDef(
+        name=name, description=f"Your own images: {description}; every split reads the same images.",
+        splits=("test", "train"), shape=(3, 32, 32),
+        params={"path": Param(path_help, check=local_sets.existing_path, in_fingerprint=False), **extra},
+        loader=loader, identify=identify)
+
+
+IMAGE_FOLDER = _user_files(
+    "image_folder", "a directory, zip or tar of image files (sorted by path)",
+    "path to a directory, zip or tar of images",
+    {"shape": Param("optional [C, H, W] every image is converted to", None, optional_image_shape)},
+    local_sets.load_image_folder, local_sets.image_folder_identity)
+ARRAY = _user_files(
+    "array", "a NumPy file, .npy or one array of a .npz (uint8 NCHW, NHWC or NHW)", "path to a .npy or .npz file",
+    {"key": Param("the array's name inside a .npz (needed when it holds several)", None, _optional_name)},
+    local_sets.load_array, local_sets.array_identity)
