@@ -12,7 +12,8 @@ import yaml
 from ood_bench.data.imageset import ImageSet
 from ood_bench.models.base import BoundTerms
 from ood_bench.models.heads import DiscretizedLogisticMixtureHead
-from ood_bench.models.hvae import HierarchicalVAE, ResBlock
+from ood_bench.models.hvae import HierarchicalVAE
+from ood_bench.models.hvae_blocks import ResBlock
 from ood_bench.models.training import TrainConfig, TrainingStopped, train_or_load
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import example_generators, log_mean_exp

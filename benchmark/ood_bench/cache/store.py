@@ -77,6 +77,14 @@ class ScoreStore:
                 return None
             return {name: _verified(self.path, key, name, ds) for name, ds in group.items()}
 
+    def outputs(self, key: str) -> list[str]:
+        """The output names stored under ``key`` (empty when it is not finished), without reading the values."""
+        if not self.path.exists():
+            return []
+        with self._open() as f:
+            group = f.get(f"scores/{key}")
+            return sorted(group) if group is not None else []
+
     def keys(self) -> dict[str, dict[str, Any]]:
         """Every finished key with its fields."""
         if not self.path.exists():

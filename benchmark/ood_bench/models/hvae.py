@@ -26,13 +26,12 @@ from torch import nn
 from ood_bench.models import gaussian
 from ood_bench.models.base import Backbone, BoundTerms, config_from_params
 from ood_bench.models.heads import head_input, make_head
-from ood_bench.models.hvae_blocks import (  # noqa: F401  (ResBlock: re-exported for tests and plugins)
+from ood_bench.models.hvae_blocks import (
     DenseResBlock,
     Flatten,
     GaussianHead,
     Level,
     Relu,
-    ResBlock,
     Unflatten,
     conv_layer,
     halvings,

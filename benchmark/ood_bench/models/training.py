@@ -131,10 +131,10 @@ def checkpoint_identity(
 ) -> tuple[str, Path]:
     """(checkpoint key, final checkpoint path) of a training run, without training (a plan needs them).
 
-    Builds the untrained model only to resolve its parameters, under a forked RNG, as training does.
+    Builds the model on torch's ``meta`` device only to resolve its parameters (no weights are allocated).
     """
     config = TrainConfig.validate(train_config)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # shapes only: no memory, no initialisation
         resolved = backbone_cls.from_params(params, train_set.shape).resolved_params()
     key = _key(kind, backbone_cls, params, resolved, config, train_set, val_set, seed, compute, aux_set)
     return key, checkpoint_paths(Path(checkpoint_dir), kind, key)[0]

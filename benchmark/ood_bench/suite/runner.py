@@ -293,8 +293,7 @@ def _evaluation(suite: Suite, label: str, seed: int, data: SuiteData, ctx: RunCo
     }
     if len(members) > 1:
         entry["member_checkpoints"] = [records[m].weights_hash for m in members]
-    scores = ctx.store.get(next(iter(entry["keys"].values())))
-    entry["outputs"] = sorted(scores or {})
+    entry["outputs"] = ctx.store.outputs(next(iter(entry["keys"].values())))
     return entry
 
 
