@@ -279,3 +279,86 @@ def test_non_finite_scores_are_stored_counted_and_every_command_works(tmp_path, 
                  ("report", run.run_dir)):
         proc = cli(*args)
         assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------ one random byte in each kind of file
+def _zip_payload(path: Path) -> list[tuple[int, int]]:
+    """(offset, size) of the stored bytes of every member of a zip file (npz chunks, torch checkpoints)."""
+    import struct
+    import zipfile
+
+    raw = path.read_bytes()
+    regions = []
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
+            if info.compress_size:
+                regions.append((info.header_offset + 30 + name_len + extra_len, info.compress_size))
+    return regions
+
+
+def _flip(path: Path, rng, regions: list[tuple[int, int]] | None = None) -> int:
+    """Flip one bit of one byte chosen at random among ``regions`` (default: the whole file); its offset."""
+    raw = bytearray(path.read_bytes())
+    start, size = (regions or [(0, len(raw))])[rng.integers(len(regions or [0]))]
+    offset = start + int(rng.integers(size))
+    raw[offset] ^= 1 << int(rng.integers(8))
+    path.write_bytes(bytes(raw))
+    return offset
+
+
+@pytest.mark.parametrize("kind", ["scores", "chunk", "checkpoint", "run record"])
+@pytest.mark.parametrize("trial", [0, 1])
+def test_one_random_byte_flipped_in_a_cached_file_is_detected_and_a_rerun_restores_the_results(
+        first_run, kind, trial):
+    """The data-cache case is tests/test_data.py::test_a_decoded_cache_with_flipped_pixels_is_not_used."""
+    import shutil
+
+    import h5py
+
+    rng = np.random.default_rng([trial, len(kind)])
+    base, run_dir, _ = first_run
+    root = base / f"flip-{kind.replace(' ', '-')}-{trial}"
+    shutil.copytree(run_dir, root / "tiny")
+    shutil.copytree(base / "ckpt", root / "ckpt")
+    store = ScoreStore(root / "tiny")
+    keys = sorted(store.keys())
+    if kind == "scores":  # a bit of one stored float64 of one array
+        key = keys[rng.integers(len(keys))]
+        with h5py.File(store.path, "a") as f:
+            names = sorted(f[f"scores/{key}"])
+            ds = f[f"scores/{key}/{names[rng.integers(len(names))]}"]
+            values = ds[()]
+            as_bytes = values.view(np.uint8)
+            as_bytes[rng.integers(as_bytes.size)] ^= 1 << int(rng.integers(8))
+            ds[...] = values
+        shown = cli("show", root / "tiny")
+        assert shown.returncode == 2 and "damaged" in shown.stderr and "Traceback" not in shown.stderr
+    elif kind == "chunk":  # a finished key taken back to one pending chunk of half its examples
+        key = keys[rng.integers(len(keys))]
+        arrays = store.get(key)
+        n = len(next(iter(arrays.values())))
+        with h5py.File(store.path, "a") as f:
+            del f[f"scores/{key}"]
+        store.write_chunk(key, np.arange(n // 2), {k: v[: n // 2] for k, v in arrays.items()})
+        (chunk,) = (root / "tiny" / ".pending" / key).glob("*.npz")
+        _flip(chunk, rng, _zip_payload(chunk))
+    elif kind == "checkpoint":
+        (checkpoint,) = (root / "ckpt").glob("*.pt")
+        _flip(checkpoint, rng, _zip_payload(checkpoint))
+    else:
+        _flip(root / "tiny" / "run.json", rng)
+        shown = cli("show", root / "tiny")
+        assert shown.returncode == 2 and "run.json is damaged" in shown.stderr and "Traceback" not in shown.stderr
+    rerun = cli("run", TINY, "--results", root, "--checkpoints", root / "ckpt")
+    assert rerun.returncode == 0, rerun.stderr + rerun.stdout
+    prov = json.loads((root / "tiny" / "run.json").read_text())["provenance"]
+    if kind == "checkpoint":
+        assert "is damaged" in rerun.stdout and prov["trained_backbones"] == 1
+    if kind in ("scores", "chunk"):
+        assert prov["scored_examples"] > 0  # the damaged key was recomputed, not served
+    ref, got = all_scores(run_dir), all_scores(root / "tiny")
+    assert ref.keys() == got.keys()
+    for k in ref:
+        for output in ref[k]:
+            np.testing.assert_array_equal(got[k][output], ref[k][output])

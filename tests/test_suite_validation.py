@@ -88,6 +88,10 @@ def test_malformed_suite_gives_exit_2_and_one_paragraph(tmp_path, capsys, what, 
     ("name: [unclosed", ["not valid YAML"]),
     ("- just\n- a list\n", ["mapping"]),
     ("name: a\nseeds: [0]\nname: b\n", ["the key 'name' appears twice"]),
+    (yaml.safe_dump({k: v for k, v in VALID.items() if k != "profiles"})
+     + "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+     + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+     + "description: *i\n", ["more than 100,000 values", "alias"]),
 ])
 def test_unparseable_suite_files(tmp_path, capsys, text, words):
     status, message = run_cli(tmp_path, capsys, text)
@@ -159,3 +163,76 @@ def test_an_unreadable_suite_file(tmp_path, capsys):
         pytest.skip("running as root: file permissions do not stop reads")
     assert main(["run", str(path)]) == 2
     assert "cannot be read" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ generated malformed suites
+def _nodes(node, path=()):
+    """Every (path, value) below ``node``, outside ``profiles`` (an unused profile is merged only when chosen)."""
+    if path == ("profiles",):
+        return
+    yield path, node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        yield from _nodes(child, (*path, key))
+
+
+def _set(suite, path, value):
+    node = suite
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+
+
+REQUIRED_PATHS = [("in_distribution",), ("ood",), ("backbones",), ("detectors",), ("name",),
+                  ("in_distribution", "dataset"), ("backbones", "hvae", "kind"), ("detectors", "llr", "backbone")]
+
+
+def _malformed(rng):
+    """VALID with one to three mutations, each of which alone makes the suite invalid."""
+    suite = copy.deepcopy(VALID)
+    for _ in range(rng.integers(1, 4)):
+        nodes = list(_nodes(suite))
+        leaves = [(p, v) for p, v in nodes if p and not isinstance(v, (dict, list))]
+        mappings = [p for p, v in nodes if isinstance(v, dict)]
+        numbers = [(p, v) for p, v in leaves if isinstance(v, int) and not isinstance(v, bool)]
+        kind = rng.choice(["mapping for a value", "unknown key", "missing key", "bad number", "wrong type"])
+        if kind == "mapping for a value":
+            path, _ = leaves[rng.integers(len(leaves))]
+            _set(suite, path, {"unexpected": 1})
+        elif kind == "unknown key":
+            path = mappings[rng.integers(len(mappings))]
+            node = suite
+            for p in path:
+                node = node[p]
+            node[f"zz_unknown_{rng.integers(100)}"] = 1
+        elif kind == "missing key":
+            path = REQUIRED_PATHS[rng.integers(len(REQUIRED_PATHS))]
+            node = suite
+            for p in path[:-1]:
+                node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(path[-1], None)
+            else:
+                suite.pop("ood", None)
+        elif kind == "bad number" and numbers:
+            path, _ = numbers[rng.integers(len(numbers))]
+            _set(suite, path, [-7, 2**70][rng.integers(2)])
+        else:
+            path, value = leaves[rng.integers(len(leaves))]
+            _set(suite, path, [[value, value], None][rng.integers(2)] if isinstance(value, str) else "seven")
+    return suite
+
+
+def test_generated_malformed_suites_exit_2_with_one_paragraph_and_nothing_trained(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(20261202)
+    for i in range(60):
+        suite = _malformed(rng)
+        work = tmp_path / str(i)
+        work.mkdir()
+        status, message = run_cli(work, capsys, suite, "--checkpoints", str(work / "ckpt"))
+        shown = yaml.safe_dump(suite, sort_keys=False)
+        assert status == 2, f"suite {i} was accepted:\n{shown}"
+        assert message.startswith("error:") and "Traceback" not in message, f"suite {i}: {message}\n{shown}"
+        assert not (work / "results").exists() and not (work / "ckpt").exists(), f"suite {i} did work"

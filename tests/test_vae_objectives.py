@@ -121,7 +121,7 @@ SUITE = {
     "name": "aux",
     "seeds": [0],
     "in_distribution": {"dataset": "fashionmnist"},
-    "ood": ["mnist", {"dataset": "omniglot", "transforms": ["invert"], "label": "omniglot-inverted"}],
+    "ood": ["mnist", {"dataset": "omniglot", "transforms": ["invert"], "label": "omniglot-inverted"}, "noise"],
     "backbones": {"hvae": {"kind": "hvae", "params": {}, "train": {"epochs": 1}}},
     "detectors": {"likelihood": {"backbone": "hvae"}},
     "metrics": ["auroc"],
@@ -140,6 +140,10 @@ def run_cli(tmp_path, capsys, suite):
     ({"dataset": "omniglot"}, ["backbones.hvae.auxiliary", "omniglot-inverted", "never train on data"]),
     ({"dataset": "mnist", "max_examples": 100}, ["backbones.hvae.auxiliary", "'mnist'"]),
     ({"dataset": "fashionmnist"}, ["in-distribution test set"]),
+    # another spelling of the same source: defaults written out, another label
+    ({"dataset": "mnist", "split": "test", "label": "digits"}, ["backbones.hvae.auxiliary", "never train on data"]),
+    ({"dataset": "noise", "params": {"n": 10000, "seed": 0}, "transforms": ["invert"]},
+     ["backbones.hvae.auxiliary", "'noise'", "never train on data"]),
     # a disjoint split is allowed by the overlap rule, but the hvae does not use auxiliary data
     ({"dataset": "omniglot", "split": "train"}, ["does not train on auxiliary data"]),
 ])

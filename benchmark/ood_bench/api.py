@@ -58,7 +58,12 @@ def load_backbone(path: Path | str, device: str = "cpu") -> Backbone:
     if not path.is_file():
         raise UserError(f"No checkpoint at '{path}'. Pass a .pt file from a run's checkpoint folder "
                         f"(results/checkpoints by default; `run.checkpoint(name)` gives a run's).")
-    kind = load_checkpoint(path).get("metadata", {}).get("kind")
+    try:
+        kind = load_checkpoint(path).get("metadata", {}).get("kind")
+    except Exception as exc:  # a damaged or foreign file fails in many ways inside torch.load
+        raise UserError(f"'{path}' cannot be read as a checkpoint ({type(exc).__name__}: {exc}). Run the suite "
+                        f"that trained it again: a damaged checkpoint is detected, moved aside and retrained."
+                        ) from None
     if kind is None:
         raise UserError(f"'{path}' is not a backbone checkpoint written by ood-bench (no metadata.kind).")
     return load_trained(path, registry("backbones").get(kind), device).model

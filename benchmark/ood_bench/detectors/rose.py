@@ -31,6 +31,7 @@ second suite entry that differs only in aggregation, does not refit. Outside a r
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -215,11 +216,14 @@ class Rose(Detector):
         key = digest("rose-fit", self.version, weights_digest(model), fit_set.fingerprint,
                      {"preconditioner": self.preconditioner, "n_fit": self.n_fit, "diag_sqrt": self.diag_sqrt})
         path = self.fit_cache_dir / f"rose-{key[:32]}.pt" if self.fit_cache_dir else None
-        if key in _MEMORY:
-            stats = _MEMORY[key]
-        elif path is not None and path.exists():
-            stats = load_checkpoint(path)
-        else:
+        stats = _MEMORY.get(key)
+        if stats is None and path is not None and path.exists():
+            try:
+                stats = load_checkpoint(path)
+            except Exception as exc:  # damaged: recomputed, never used
+                warnings.warn(f"ROSE statistics {path} are damaged ({exc}); recomputing them", stacklevel=2)
+                path.unlink(missing_ok=True)
+        if stats is None:
             stats = {k: v.cpu() if torch.is_tensor(v) else v for k, v in self._compute(model, fit_set).items()}
             if path is not None:
                 save_atomic(stats, path)

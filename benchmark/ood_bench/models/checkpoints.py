@@ -9,6 +9,7 @@ stale model and an unchanged one never retrains.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -78,5 +79,16 @@ def weights_digest(state: torch.nn.Module | dict[str, torch.Tensor]) -> str:
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic` with ``weights_only=True`` (no pickled code runs)."""
+    """Load a checkpoint written by :func:`save_atomic` with ``weights_only=True`` (no pickled code runs).
+
+    Every member of the file's zip archive is checked against its CRC-32 first (``torch.load`` checks none),
+    so a changed byte in the metadata is detected as surely as one in the weights; ValueError if one fails.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            failed = archive.testzip()
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"not a readable checkpoint archive ({exc})") from None
+    if failed is not None:
+        raise ValueError(f"member '{failed}' does not match the checksum it was written with")
     return torch.load(path, map_location=device, weights_only=True)

@@ -8,6 +8,10 @@ from typing import Any
 
 from ood_bench.models.base import config_from_params
 
+MAX_EPOCHS = 100_000
+"""More epochs than any published budget by orders of magnitude: a larger value is a typo."""
+MAX_BATCH = 1_048_576
+
 
 @dataclass
 class TrainConfig:
@@ -47,8 +51,9 @@ class TrainConfig:
         def fraction(v: Any) -> bool:
             return number(v) and 0 <= v <= 1
 
-        need(number(self.epochs) and self.epochs > 0, "epochs", "a positive number")
-        need(positive_int(self.batch_size), "batch_size", "a positive integer")
+        need(number(self.epochs) and 0 < self.epochs <= MAX_EPOCHS, "epochs", f"a number in (0, {MAX_EPOCHS:,}]")
+        need(positive_int(self.batch_size) and self.batch_size <= MAX_BATCH, "batch_size",
+             f"an integer from 1 to {MAX_BATCH:,}")
         need(number(self.lr) and self.lr > 0, "lr", "a positive number")
         need(number(self.lr_min) and 0 <= self.lr_min <= self.lr, "lr_min", "a number in [0, lr]")
         need(self.grad_clip is None or (number(self.grad_clip) and self.grad_clip > 0), "grad_clip",
@@ -60,7 +65,8 @@ class TrainConfig:
              "at least free_bits_hold_fraction")
         need(number(self.val_every_epochs) and self.val_every_epochs > 0, "val_every_epochs",
              "a positive number")
-        need(positive_int(self.val_batch_size), "val_batch_size", "a positive integer")
+        need(positive_int(self.val_batch_size) and self.val_batch_size <= MAX_BATCH, "val_batch_size",
+             f"an integer from 1 to {MAX_BATCH:,}")
         need(self.patience is None or positive_int(self.patience), "patience", "a positive integer or null")
 
     @classmethod

@@ -83,8 +83,18 @@ class TrainingRun:
         """Run (or resume) to the end; return the number of optimiser steps this call took."""
         model, config = self.model, self.config
         model.to(self.device)
+        resumed = False
         if self.partial_path.exists():
-            self._restore(load_checkpoint(self.partial_path, self.device))
+            try:
+                self._restore(load_checkpoint(self.partial_path, self.device))
+                resumed = True
+            except Exception as exc:  # a damaged partial file fails in many ways inside torch.load
+                damaged = self.partial_path.with_name(self.partial_path.name + ".damaged")
+                self.partial_path.replace(damaged)
+                self.console.print(f"[yellow]warning: partial checkpoint {self.partial_path} is damaged "
+                                   f"({type(exc).__name__}: {exc}); moved to {damaged.name}, training from "
+                                   f"the start[/yellow]")
+        if resumed:
             self.console.print(
                 f"Resuming training at step {self.step}/{self.total_steps} from {self.partial_path}"
             )

@@ -52,6 +52,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_SUITE_NODES = 100_000
+"""The most values (mapping keys and values, list items, scalars) a suite may expand to."""
+
+
+def _exceeds(node: Any, limit: int) -> bool:
+    """Whether ``node`` holds more than ``limit`` values counting every alias use, stopping at the limit."""
+    count = 0
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def read_suite_file(path: Path) -> tuple[dict[str, Any], str]:
     """The raw mapping of a suite file and the sha256 of its bytes."""
     path = Path(path)
@@ -67,6 +88,10 @@ def read_suite_file(path: Path) -> tuple[dict[str, Any], str]:
         raw = yaml.load(data, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise UserError(f"Suite file '{path}' is not valid YAML: {exc}. Fix the syntax and run again.") from None
+    if _exceeds(raw, MAX_SUITE_NODES):
+        raise UserError(f"Suite file '{path}' expands to more than {MAX_SUITE_NODES:,} values once its YAML "
+                        f"aliases (*name) are followed; a suite is a few hundred values, so this is a mistake "
+                        f"or an alias bomb. Write the repeated parts out or use fewer nested aliases.")
     if not isinstance(raw, dict):
         raise UserError(f"Suite file '{path}' must hold a mapping of suite fields at the top level, "
                         f"got {type(raw).__name__}. See suites/fmnist.yaml for the format.")
@@ -336,8 +361,16 @@ def expected_input_shape(suite: Suite) -> tuple[int, int, int] | None:
 
 
 def _source(ref: DatasetRef, split: str) -> tuple[str, str, str]:
-    """What identifies the source images of a reference: dataset, split and parameters (not transforms)."""
-    return ref.dataset, split, canonical_json(ref.params)
+    """What identifies the source images of a reference: dataset, split and parameters (not transforms).
+
+    Normalised, so that two spellings of one source compare equal: the registry's name of the dataset (names
+    are case-insensitive) and its parameters with defaults filled in and checked; paths are already
+    absolute (:func:`_resolve_paths`).
+    """
+    from ood_bench.data import get_dataset
+
+    definition = get_dataset(ref.dataset)
+    return definition.name, split, canonical_json(definition.check_params(ref.params))
 
 
 def check_auxiliary(suite: Suite, name: str, use: str, fail: Callable[..., None]) -> None:

@@ -17,15 +17,25 @@ import pandas as pd
 from ood_bench.cache.store import ScoreStore
 from ood_bench.errors import UserError
 from ood_bench.files import write_json_atomic
+from ood_bench.hashing import digest
 from ood_bench.metrics import compute_metrics, rank_nonfinite
 from ood_bench.suite import marks
 
 PLAN_NAME = "run.json"
 
 
+DIGEST_FIELD = "digest"
+"""run.json's checksum of its other fields, so a changed byte that still parses is detected too."""
+
+
+def _plan_digest(plan: dict[str, Any]) -> str:
+    return digest("run.json", {k: v for k, v in plan.items() if k != DIGEST_FIELD})
+
+
 def write_plan(run_dir: Path, plan: dict[str, Any]) -> Path:
-    """Write run.json atomically (a concurrent run's write wins whole, never interleaved)."""
-    return write_json_atomic(Path(run_dir) / PLAN_NAME, plan)
+    """Write run.json atomically (a concurrent run's write wins whole, never interleaved), with its checksum."""
+    plan = {k: v for k, v in plan.items() if k != DIGEST_FIELD}
+    return write_json_atomic(Path(run_dir) / PLAN_NAME, {**plan, DIGEST_FIELD: _plan_digest(plan)})
 
 
 REQUIRED = {"suite": str, "profile": str, "seeds": list, "metrics": list, "balanced": bool, "id_set": str,
@@ -64,6 +74,9 @@ def read_plan(run_dir: Path) -> dict[str, Any]:
         problem: str | None = f"it is not valid UTF-8 JSON ({exc})"
     else:
         problem = _problem(plan)
+        if problem is None and plan.get(DIGEST_FIELD) != _plan_digest(plan):
+            problem = ("its content does not match its checksum (a changed byte)" if DIGEST_FIELD in plan
+                       else "it has no checksum (written by an older ood-bench, or a changed byte)")
     if problem is not None:
         raise UserError(f"{path} is damaged: {problem}. The scores themselves are in scores.h5; run the suite "
                         f"again (`ood-bench run SUITE` with the same --results) to rebuild the record from the "
