@@ -216,7 +216,25 @@ def test_report_of_a_directory_without_a_run_is_a_user_error(tmp_path, capsys):
 
 
 @needs_data
+@needs_data
+def test_the_headline_shows_the_papers_values_beside_ours_with_the_protocol_difference(tiny_report):
+    _, out = tiny_report
+    text = (out / "report.md").read_text()
+    headline = text[text.index("## Headline"): text.index("## ROC curves")]
+    # seed 001 Table 7: LLR>1 on MNIST 0.986, on inverted Omniglot 0.954; uniform noise has no published value
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in headline.splitlines() if line.startswith("|")]
+    header = table[0]
+    (row,) = [r for r in table if r[0] == "llr [p1]" and r[2] == "llr_k1"]
+    cells = dict(zip(header, row, strict=True))
+    assert cells["mnist"].endswith("· paper 0.986") and "· paper 0.954" in cells["omniglot-inverted"], headline
+    assert cells["kmnist"] == "missing · paper 0.974" and "paper" not in cells["uniform-noise"]
+    assert "[p1] llr / llr_k1: the paper's 'LLR>1' (seed001_table7_fmnist)" in headline
+    assert "protocol differs: a tiny HVAE, 1 epoch, S = 4" in headline
+    assert "· paper" not in text[text.index("## Every metric"):]  # only the headline carries them
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package `chromium`)")
+@needs_data
 def test_the_headline_table_is_on_the_first_screen_and_no_table_overflows(tiny_report, tmp_path):
     """Layout at 1400x900, measured by the browser: a copy of the page with a probe script (the report itself
     has no script) writes the measurements into the DOM, which headless Chromium dumps."""
@@ -243,6 +261,7 @@ def test_the_headline_table_is_on_the_first_screen_and_no_table_overflows(tiny_r
     assert overflowing == 0  # every table fits the page or scrolls inside its own box
     text = (out / "report.md").read_text()
     assert text.index("## Headline") < text.index("## ROC curves") < text.index("## Every metric")
+
     assert text.index("<details><summary>Provenance") > text.index("## Every metric")
 
 

@@ -236,3 +236,23 @@ def test_generated_malformed_suites_exit_2_with_one_paragraph_and_nothing_traine
         assert status == 2, f"suite {i} was accepted:\n{shown}"
         assert message.startswith("error:") and "Traceback" not in message, f"suite {i}: {message}\n{shown}"
         assert not (work / "results").exists() and not (work / "ckpt").exists(), f"suite {i} did work"
+
+
+def test_published_values_name_readable_files_and_known_scores(tmp_path, capsys):
+    suite = copy.deepcopy(VALID)
+    suite["profiles"] = {}
+    suite["detectors"]["llr"]["paper"] = {"scores": {"llr_k1": "LLR>1"}}
+    status, message = validate(tmp_path, capsys, suite)
+    assert status == 2 and "lists no reference files" in message
+    reference = tmp_path / "ref.csv"
+    reference.write_text("# cited\nood_set,score,auroc\nmnist,LLR>1,0.986\n")
+    suite["references"] = [str(reference)]
+    suite["detectors"]["llr"]["paper"] = {"scores": {"llr_k1": "LLR>9"}}
+    status, message = validate(tmp_path, capsys, suite)
+    assert status == 2 and "detectors.llr.paper.scores.llr_k1" in message and "LLR>1" in message
+    suite["references"] = ["missing.csv"]  # relative to the suite file: absent
+    status, message = validate(tmp_path, capsys, suite)
+    assert status == 2 and "cannot be read as a CSV file" in message
+    suite["references"] = [str(reference)]
+    suite["detectors"]["llr"]["paper"] = {"scores": {"llr_k1": "LLR>1"}}
+    assert validate(tmp_path, capsys, suite)[0] == 0

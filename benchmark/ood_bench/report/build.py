@@ -26,7 +26,7 @@ from ood_bench.hashing import hash_file
 from ood_bench.metrics import METRIC_INFO, balanced_pair
 from ood_bench.models.training import TrainedBackbone
 from ood_bench.report import figures
-from ood_bench.report.leaderboard import _metric_view, _metrics_of, leaderboard_table
+from ood_bench.report.leaderboard import AUX_MARK, _metric_view, _metrics_of, leaderboard_table
 from ood_bench.report.page import (
     Block,
     Bullets,
@@ -139,10 +139,35 @@ def _headline(records, plan: dict[str, Any]) -> list[Block]:
         if means:
             best = max(m for m, _ in means)
             strong |= {(i, j) for m, i in means if m == best}
+    notes = _paper_cells(rows, headers, n_labels, plan.get("papers") or {}) if metric == "auroc" else []
     return [Heading(f"Headline: {metric} ({METRIC_INFO.get(metric, '').split(';')[0]})"),
             TableBlock([str(h) for h in headers], [[str(c) for c in row] for row in rows], frozenset(strong)),
             Bullets(["Bold: the best mean of each OOD set (the sanity column's target is 0.5). Mean ± sample std "
-                     "over seeds.", *table.attrs.get("footnotes", [])])]
+                     "over seeds.", *notes, *table.attrs.get("footnotes", [])])]
+
+
+def _paper_cells(rows: list[list], headers: list, n_labels: int, papers: dict[str, Any]) -> list[str]:
+    """Append "paper v" to the cells that have a published value (run.json's ``papers``); their footnotes."""
+    notes, numbered = [], {}
+    for row in rows:
+        label = str(row[0]).removesuffix(f" {AUX_MARK}")
+        entry = papers.get(label, {})
+        paper = entry.get("outputs", {}).get(str(row[2]))
+        if not paper:
+            continue
+        for j in range(n_labels, len(headers)):
+            value = paper["auroc"].get(str(headers[j]))
+            if value is not None:
+                row[j] = f"{row[j]} · paper {value:.3f}"
+        sources = sorted(set(paper["source"].values()))
+        if label not in numbered:
+            numbered[label] = len(numbered) + 1
+        mark = f"[p{numbered[label]}]"
+        row[0] = f"{row[0]} {mark}" if mark not in str(row[0]) else row[0]
+        cited = "; ".join(sources) or "no value for these sets"
+        notes.append(f"{mark} {label} / {row[2]}: the paper's '{paper['score']}' ({cited})"
+                     + (f"; protocol differs: {entry['differs']}" if entry.get("differs") else ""))
+    return notes
 
 
 def _is_number(text: str) -> bool:

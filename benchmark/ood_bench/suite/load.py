@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from ood_bench.errors import UserError
 from ood_bench.hashing import canonical_json
+from ood_bench.suite.papers import paper_values, resolve_references
 from ood_bench.suite.schema import DatasetRef, Suite
 
 
@@ -173,7 +174,9 @@ def load_suite(source: SuiteSource, profile: str = "cpu", overrides: dict[str, A
         raise UserError(f"{path} is not a valid suite: {format_validation_error(exc)}") from None
     suite = _subset(suite, detectors, ood, path)
     _resolve_paths(suite, base)
+    resolve_references(suite, base)
     check_references(suite, path)
+    paper_values(suite, path)  # the reference files and the scores named in them, before any work
     return suite, digest
 
 

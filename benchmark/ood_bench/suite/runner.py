@@ -30,6 +30,7 @@ from ood_bench.execution.plan import Plan, build_detector_instance, build_plan, 
 from ood_bench.suite import marks, results
 from ood_bench.suite.datasets import SuiteData, resolve
 from ood_bench.suite.load import SuiteSource, check_detector_backbones, load_suite
+from ood_bench.suite.papers import paper_values
 from ood_bench.suite.schema import Suite
 
 FINALIZE_EVERY_S = 30.0
@@ -158,6 +159,7 @@ def run_suite(
         "seeds": suite.seeds,
         "metrics": suite.metrics,
         "balanced": suite.evaluation.balanced,
+        "papers": paper_values(suite, f"suite '{suite.name}'"),
         "id_set": data.id_label,
         "sets": {
             label: {"role": data.roles[label], "n": len(s), "fingerprint": s.fingerprint}

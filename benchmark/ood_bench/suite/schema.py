@@ -84,12 +84,20 @@ class BackboneSpec(Strict):
         return _dataset_shorthand(value)
 
 
+class PaperRef(Strict):
+    """Which published numbers an entry's outputs reproduce, and how its protocol differs from the paper's."""
+
+    scores: dict[str, str] = Field(min_length=1, description="output -> score name in the suite's references")
+    differs: str = Field("", description="how this entry's protocol differs from the paper's (a footnote)")
+
+
 class DetectorSpec(Strict):
     """A detector instance: registered detector, the suite backbone it uses, its parameters."""
 
     detector: str | None = Field(None, description="registered detector name (default: the entry's key)")
     backbone: str
     params: dict[str, Any] = Field(default_factory=dict)
+    paper: PaperRef | None = Field(None, description="published values shown beside this entry's in the report")
 
 
 class Evaluation(Strict):
@@ -116,6 +124,10 @@ class Suite(Strict):
         min_length=1,
     )
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    references: list[str] = Field(
+        default_factory=list,
+        description="CSV files of published AUROCs (columns ood_set, score, auroc; optional source), relative to "
+                    "the suite file; detectors' `paper` entries name their rows")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     profile: str = "cpu"
 
