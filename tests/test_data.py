@@ -555,3 +555,53 @@ def test_array_dataset_reads_npy_and_npz_in_every_layout(tmp_path: Path):
     np.save(tmp_path / "f.npy", nhwc.astype(np.float32))
     with pytest.raises(UserError, match="not uint8"):
         load_split("array", params={"path": str(tmp_path / "f.npy")})
+
+
+def test_a_download_shows_its_size_and_progress_and_retries_a_server_error(tmp_path, monkeypatch, capsys):
+    import http.server
+    import threading
+
+    from ood_bench.data import sources
+
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    calls = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            calls.append(self.path)
+            if len(calls) == 1:
+                self.send_error(503, "try again")  # transient: retried after a backoff
+                return
+            if self.path == "/gone":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OOD_BENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("OOD_BENCH_PROGRESS_EVERY", "0")
+    monkeypatch.setattr(sources, "BACKOFF_S", 0.01)
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        remote = sources.RemoteFile("blob.bin", urls=(f"{url}/blob.bin",), sha256=hashlib.sha256(payload).hexdigest())
+        problems: list[str] = []
+        path = sources.download("demo", remote, problems)
+        assert path is not None and path.read_bytes() == payload and problems == []
+        assert calls == ["/blob.bin", "/blob.bin"]  # the 503 was retried once
+        err = capsys.readouterr().err
+        assert "downloading demo/blob.bin: 2.0 MiB from" in err and "2048/2048 (100%)" in err
+        # a missing file is not retried, and the failure says what happened
+        calls.clear()
+        calls.append("-")  # the next request is not the first: no 503
+        gone = sources.RemoteFile("gone.bin", urls=(f"{url}/gone",), sha256="0" * 64)
+        assert sources.download("demo", gone, problems) is None
+        assert calls == ["-", "/gone"] and "404" in problems[0]
+    finally:
+        server.shutdown()

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
-import shutil
+import socket
+import time
+import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -164,6 +167,59 @@ def locate(dataset: str, remote: RemoteFile, problems: list[str]) -> tuple[str, 
     return None
 
 
+DOWNLOAD_ATTEMPTS_ENV = "OOD_BENCH_DOWNLOAD_ATTEMPTS"
+BACKOFF_S = 2.0
+"""Wait before the second attempt of a URL; doubled before each later one."""
+
+
+def _attempts() -> int:
+    try:
+        return max(1, int(os.environ.get(DOWNLOAD_ATTEMPTS_ENV, "4")))
+    except ValueError:
+        return 4
+
+
+def _transient(error: Exception) -> bool:
+    """Whether trying the same URL again may succeed: a server error, a timeout or a dropped connection, but
+    not a missing file (HTTP 4xx) or a name that does not resolve (no network)."""
+    if isinstance(error, urllib.error.HTTPError):
+        return error.code >= 500 or error.code == 429
+    if isinstance(error, urllib.error.URLError):
+        return not isinstance(error.reason, socket.gaierror)
+    return isinstance(error, (TimeoutError, ConnectionError, http.client.HTTPException))
+
+
+def _fetch(url: str, part: Path, description: str) -> str | None:
+    """Download ``url`` to ``part`` with size and progress shown, retrying transient failures with
+    exponential backoff; None on success, otherwise what went wrong."""
+    from rich.console import Console
+
+    from ood_bench.progress import track
+
+    attempts = _attempts()
+    for attempt in range(1, attempts + 1):
+        log.info("downloading %s (attempt %d of %d)", url, attempt, attempts)
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": "ood-bench"})
+            with urllib.request.urlopen(request, timeout=60) as response, open(part, "wb") as out:
+                size = int(response.headers.get("Content-Length") or 0)
+                console = Console(stderr=True)
+                console.print(f"{description}: {size / 2**20:.1f} MiB from {url}" if size else
+                              f"{description} from {url} (size not given)", highlight=False)
+                with track(console, description, max(size // 1024, 1), unit="KiB") as progress:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+                        progress.advance(len(block) // 1024)
+            return None
+        except (OSError, ValueError, http.client.HTTPException) as error:
+            if attempt == attempts or not _transient(error):
+                return f"{error}" + (f" (after {attempt} attempts)" if attempt > 1 else "")
+            wait = BACKOFF_S * 2 ** (attempt - 1)
+            log.warning("download of %s failed (%s); retrying in %.0f s", url, error, wait)
+            time.sleep(wait)
+    return None
+
+
 def download(dataset: str, remote: RemoteFile, problems: list[str], *,
              allow_unverified: bool = False) -> Path | None:
     """Download ``remote`` into the data dir from its first URL that yields a verified file."""
@@ -182,12 +238,8 @@ def download(dataset: str, remote: RemoteFile, problems: list[str], *,
         return None
     part = target.with_name(f"{target.name}.{os.getpid()}.part")  # concurrent fetches must not collide
     for url in remote.urls:
-        log.info("downloading %s", url)
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": "ood-bench"})
-            with urllib.request.urlopen(request, timeout=60) as response, open(part, "wb") as out:
-                shutil.copyfileobj(response, out, 1 << 20)
-        except (OSError, ValueError) as error:
+        error = _fetch(url, part, f"downloading {dataset}/{remote.filename}")
+        if error is not None:
             part.unlink(missing_ok=True)
             problems.append(f"download of {url} failed: {error}.")
             continue
