@@ -256,3 +256,22 @@ def test_published_values_name_readable_files_and_known_scores(tmp_path, capsys)
     suite["references"] = [str(reference)]
     suite["detectors"]["llr"]["paper"] = {"scores": {"llr_k1": "LLR>1"}}
     assert validate(tmp_path, capsys, suite)[0] == 0
+
+
+def test_every_command_s_help_ends_with_an_example():
+    import argparse
+
+    from ood_bench.cli.main import build_parser
+
+    def parsers(parser, path=()):
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from parsers(child, (*path, name))
+
+    commands = {path: p for path, p in parsers(build_parser()) if path}
+    assert {("run",), ("compare",), ("data", "fetch"), ("report",)} <= set(commands)
+    for path, parser in commands.items():
+        epilog = parser.epilog or ""
+        assert epilog.startswith("example") and "ood-bench " + path[0] in epilog, path

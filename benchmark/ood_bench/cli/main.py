@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--format", choices=["table", "md", "csv", "json"], default=None,
                       help="table (default on a terminal), md (default when piped), csv or json")
 
-    compare = sub.add_parser("compare", help="compare two or more cached runs side by side, with deltas")
+    compare = sub.add_parser("compare", help="compare two or more cached runs side by side, with deltas",
+                             epilog=EXAMPLES["compare"], formatter_class=argparse.RawDescriptionHelpFormatter)
     compare.add_argument("run_dirs", type=Path, nargs="+")
     compare.add_argument("--bootstrap", type=int, default=0, metavar="N",
                          help="add 95%% confidence intervals of each delta from N resamples of the examples")
@@ -83,13 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, default=None, help="also write the table as CSV to this file")
 
     export = sub.add_parser("export", help="per-example scores of a cached run as one table (CSV or Parquet)",
-                            epilog="example:\n  ood-bench export results/fmnist --format csv --out scores.csv",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            epilog=EXAMPLES["export"], formatter_class=argparse.RawDescriptionHelpFormatter)
     export.add_argument("run_dir", type=Path)
     export.add_argument("--format", choices=["csv", "parquet"], default="csv")
     export.add_argument("--out", type=Path, default=None, help="output file (default: RUN_DIR/scores.<format>)")
 
-    report = sub.add_parser("report", help="write figures and a static HTML/Markdown report of a cached run")
+    report = sub.add_parser("report", help="write figures and a static HTML/Markdown report of a cached run",
+                            epilog=EXAMPLES["report"], formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_argument("run_dir", type=Path)
     report.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/report)")
     report.add_argument("--suite", type=Path, default=None,
@@ -97,17 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--checkpoints", type=Path, default=None,
                         help="where to look for backbone checkpoints besides the path recorded in run.json")
 
-    lst = sub.add_parser("list", help="list registered detectors, datasets or backbones")
+    lst = sub.add_parser("list", help="list registered detectors, datasets or backbones",
+                         epilog=EXAMPLES["list"], formatter_class=argparse.RawDescriptionHelpFormatter)
     lst.add_argument("what", choices=["detectors", "datasets", "backbones"])
 
-    data = sub.add_parser("data", help="list, fetch or verify datasets")
+    data = sub.add_parser("data", help="list, fetch or verify datasets",
+                          epilog=EXAMPLES["data"], formatter_class=argparse.RawDescriptionHelpFormatter)
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    data_sub.add_parser("list", help="every dataset, whether it is available here, and how to get it")
-    fetch = data_sub.add_parser("fetch", help="download (or copy from OOD_BENCH_MIRROR) and verify datasets")
+    data_sub.add_parser("list", help="every dataset, whether it is available here, and how to get it",
+                        epilog=EXAMPLES["data list"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    fetch = data_sub.add_parser("fetch", help="download (or copy from OOD_BENCH_MIRROR) and verify datasets",
+                                epilog=EXAMPLES["data fetch"], formatter_class=argparse.RawDescriptionHelpFormatter)
     fetch.add_argument("names", nargs="+")
     fetch.add_argument("--allow-unverified", action="store_true",
                        help="accept a download that has no published checksum (plugins only)")
-    verify = data_sub.add_parser("verify", help="re-hash local dataset files against their checksums")
+    verify = data_sub.add_parser("verify", help="re-hash local dataset files against their checksums",
+                                 epilog=EXAMPLES["data verify"], formatter_class=argparse.RawDescriptionHelpFormatter)
     verify.add_argument("names", nargs="*")
     return parser
 
@@ -131,6 +137,15 @@ EXAMPLES = {
     "plan": "example:\n  ood-bench plan suites/fmnist.yaml --profile paper --json",
     "validate": "example:\n  ood-bench validate suites/fmnist.yaml --profile paper",
     "show": "example:\n  ood-bench show results/fmnist --format csv > board.csv",
+    "compare": "example:\n  ood-bench compare results/fmnist results/fmnist-b --metric auroc --ood mnist "
+               "--bootstrap 1000 --out deltas.csv",
+    "export": "example:\n  ood-bench export results/fmnist --format parquet --out scores.parquet",
+    "report": "example:\n  ood-bench report results/fmnist     # then open results/fmnist/report/index.html",
+    "list": "example:\n  ood-bench list detectors",
+    "data": "examples:\n  ood-bench data list\n  ood-bench data fetch mnist kmnist\n  ood-bench data verify",
+    "data list": "example:\n  ood-bench data list",
+    "data fetch": "example:\n  OOD_BENCH_MIRROR=../shared/data ood-bench data fetch mnist notmnist",
+    "data verify": "example:\n  ood-bench data verify mnist      # every local dataset when no name is given",
 }
 
 
