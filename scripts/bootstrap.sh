@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up ood-bench on a fresh machine: FashionMNIST from Debian (when apt is usable), a virtual
-# environment in .venv with the CPU torch wheel, ood-bench, its test tools and Ray (the `ray` extra). Safe to
+# environment in .venv with the CPU torch wheel, ood-bench, its test tools, Ray and TensorBoard (the `ray` and `tensorboard` extras). Safe to
 # run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +17,5 @@ python3 -m venv .venv
 # torch first and pinned: any looser spec pulls a multi-GB CUDA build (DEVELOPERS.md).
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,ray]"
+.venv/bin/python -m pip install -q -e ".[test,ray,tensorboard]"
 echo "ood-bench installed in .venv ($(.venv/bin/ood-bench --version))"

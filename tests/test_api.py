@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ood_bench.cache.store import ScoreStore
 from ood_bench.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +35,8 @@ def test_the_api_doc_example_runs_and_equals_the_suite_cell(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tests" / "suites").mkdir(parents=True)
     (tmp_path / "tests" / "suites" / "tiny.yaml").write_text(TINY.read_text())
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copytree(ROOT / "benchmarks" / "reference", tmp_path / "benchmarks" / "reference")  # its references
     namespace: dict = {}
     exec(compile(example, "docs/api.md", "exec"), namespace)  # the example asserts the equality itself
     assert 0.0 <= namespace["auroc"] <= 1.0 and len(namespace["cell"]) == 1
@@ -98,3 +102,51 @@ def test_relative_dataset_paths_resolve_against_the_suite_file(tmp_path):
     suite, _ = load_suite(tmp_path / "suites" / "s.yaml")
     mine = next(r for r in suite.ood if r.display_name == "mine")
     assert mine.params["path"] == str((tmp_path / "imgs").resolve())
+
+
+@needs_data
+def test_a_logger_hears_every_validation_and_every_finished_score_array(tmp_path):
+    import ood_bench as ob
+    from ood_bench.loggers import TensorBoardLogger
+
+    class Recording(TensorBoardLogger):
+        def __init__(self, log_dir):
+            super().__init__(log_dir)
+            self.validations, self.arrays = [], {}
+
+        def validation(self, backbone, seed, record):
+            super().validation(backbone, seed, record)
+            self.validations.append((backbone, seed, record["step"], len(record["val_kl"])))
+
+        def scores(self, detector, seed, set_label, output, values):
+            super().scores(detector, seed, set_label, output, values)
+            self.arrays[(detector, seed, set_label, output)] = values
+
+    logger = Recording(tmp_path / "tb")
+    run = ob.run_suite(TINY, results=tmp_path / "results", logger=logger, ood=["mnist"], detectors=["likelihood"],
+                       overrides={"in_distribution.max_train_examples": 640,
+                                  "backbones.hvae.train.val_every_epochs": 0.5})
+    # every half epoch and at the end, live, in order, with the KL of each of the three latent layers
+    assert len(logger.validations) >= 2 and {v[:2] for v in logger.validations} == {("hvae", 0)}
+    steps = [v[2] for v in logger.validations]
+    assert steps == sorted(set(steps)) and all(v[3] == 3 for v in logger.validations)
+    store = ScoreStore(run.run_dir)
+    stored = {(f["detector_label"], f["seed"], f["set"]): store.get(k) for k, f in store.keys().items()}
+    assert {k[:3] for k in logger.arrays} == set(stored) and len(stored) == 3  # mnist, the ID test set, sanity
+    for (detector, seed, set_label, output), values in logger.arrays.items():
+        np.testing.assert_array_equal(values, stored[(detector, seed, set_label)][output])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert {"hvae/seed0/val_elbo_nats", "hvae/seed0/val_kl_z1", "hvae/seed0/val_kl_z3"} <= set(events.Tags()["scalars"])
+    assert "scores/likelihood/iwae_bpd/mnist" in events.Tags()["histograms"]
+
+
+def test_an_unknown_or_unavailable_logger_is_refused_before_any_work(tmp_path, monkeypatch):
+    from ood_bench.loggers import check_logger
+
+    with pytest.raises(UserError, match="Allowed loggers: none, tensorboard"):
+        check_logger("wandb")
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the extra were not installed
+    with pytest.raises(UserError, match=r"ood-bench\[tensorboard\]"):
+        check_logger("tensorboard")

@@ -362,3 +362,16 @@ def test_one_random_byte_flipped_in_a_cached_file_is_detected_and_a_rerun_restor
     for k in ref:
         for output in ref[k]:
             np.testing.assert_array_equal(got[k][output], ref[k][output])
+
+
+def test_run_with_the_tensorboard_logger_writes_score_histograms(first_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    base, _, _ = first_run
+    results = base / "tensorboard-run"
+    proc = cli("run", TINY, "--results", results, "--checkpoints", base / "ckpt", "--detectors", "likelihood",
+               "--ood", "mnist", "--logger", "tensorboard")
+    assert proc.returncode == 0, proc.stderr
+    events = EventAccumulator(str(results / "tiny" / "tensorboard")).Reload()
+    assert {"scores/likelihood/iwae_bpd/mnist", "scores/likelihood/elbo_bpd/mnist"} <= set(events.Tags()["histograms"])

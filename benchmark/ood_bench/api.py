@@ -166,12 +166,13 @@ def run_suite(suite: SuiteSource, *, profile: str = "cpu", overrides: dict[str, 
               checkpoints: Path | str | None = None, device: str = "cpu", precision: str = "fp32",
               threads: int | None = None, executor: Any = "local", batch_size: int | None = None,
               examples_per_unit: int | None = None, strict: bool = False, download: bool = True,
-              console: Console | None = None) -> Run:
+              console: Console | None = None, logger: Any = "none") -> Run:
     """Train or load a suite's backbones, score every set, write scores.h5, run.json and the leaderboard files.
 
     ``suite``: a YAML path, a mapping or a :class:`~ood_bench.suite.schema.Suite`; ``overrides``: {dotted field:
     value} applied before validation; ``detectors`` / ``ood``: run only these entries. ``console``: where
-    progress and the leaderboard are printed (default: nowhere).
+    progress and the leaderboard are printed (default: nowhere). ``logger``: ``"tensorboard"`` or a
+    :class:`~ood_bench.loggers.RunLogger` told about each validation and each finished score array.
     """
     from ood_bench.report.leaderboard import write_leaderboard
     from ood_bench.suite.results import read_plan, records_from_cache
@@ -182,7 +183,8 @@ def run_suite(suite: SuiteSource, *, profile: str = "cpu", overrides: dict[str, 
         suite, profile=profile, overrides=overrides, detectors=detectors, ood=ood, device=device,
         precision=precision, threads=threads, executor=executor, results_root=results,
         checkpoint_dir=Path(checkpoints) if checkpoints else default_checkpoint_dir(results), strict=strict,
-        download=download, batch_size=batch_size, examples_per_unit=examples_per_unit, console=console)
+        download=download, batch_size=batch_size, examples_per_unit=examples_per_unit, console=console,
+        logger=logger)
     record = read_plan(run_dir)
     write_leaderboard(run_dir, records_from_cache(run_dir), record["missing"],
                       record["provenance"] | {"suite": record["suite"], "seeds": record["seeds"],

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --executor ray: an existing cluster ('auto', or host:port); default: start one")
     run.add_argument("--gpus-per-task", type=float, default=None,
                      help="with --executor ray --device cuda: GPUs per task (fractions share a GPU; default 1)")
+    run.add_argument("--logger", default="none", choices=["none", "tensorboard"],
+                     help="tensorboard: validation curves, per-layer KL and score histograms in "
+                          "RESULTS/SUITE/tensorboard (needs the tensorboard extra)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON (for tools)")
 
     show = sub.add_parser("show", help="print the leaderboard of a cached run",
@@ -186,7 +189,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     run_suite(args.suite, profile=args.profile, **options, results=args.results, checkpoints=args.checkpoints,
               device=args.device, precision=args.precision, threads=args.threads, executor=executor,
               batch_size=args.batch_size, examples_per_unit=args.examples_per_unit, strict=args.strict,
-              download=not args.offline, console=console)
+              download=not args.offline, console=console, logger=args.logger)
     return 0
 
 

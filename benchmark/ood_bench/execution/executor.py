@@ -20,6 +20,7 @@ from ood_bench.compute import Compute
 from ood_bench.errors import UserError
 from ood_bench.execution.plan import FitUnit, Plan, ScoreUnit, TrainUnit
 from ood_bench.execution.work import TrainInputs
+from ood_bench.loggers import RunLogger
 from ood_bench.models.training import TrainedBackbone
 from ood_bench.suite.datasets import SuiteData
 
@@ -37,6 +38,7 @@ class RunContext:
     console: Console
     keys: dict[tuple[str, int, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
     """(detector label, seed, set label) -> (score key, its fields); known once the backbones are trained."""
+    logger: RunLogger = field(default_factory=RunLogger)
 
     def key(self, detector: str, seed: int, set_label: str) -> str:
         return self.keys[(detector, seed, set_label)][0]

@@ -28,7 +28,7 @@ class LocalExecutor:
         for unit in units:
             t0 = time.perf_counter()
             result = work.train(unit, ctx.plan.suite, ctx.train_inputs(unit), ctx.compute, ctx.checkpoint_dir,
-                                ctx.console)
+                                ctx.console, lambda record, u=unit: ctx.logger.validation(u.backbone, u.seed, record))
             self._trained[unit.id] = result
             records[unit.id] = TrainRecord.of(result, time.perf_counter() - t0)
         return records

@@ -150,6 +150,9 @@ class RayExecutor:
             records[unit_id] = self._get(ref)
             if records[unit_id].steps_this_call:
                 ctx.console.print(f"trained {unit_id} on a Ray worker ({records[unit_id].seconds:.0f} s)")
+                unit = ctx.plan.train[unit_id]
+                for record in records[unit_id].metadata.get("history", []):  # the worker's validations, in order
+                    ctx.logger.validation(unit.backbone, unit.seed, record)
         return records
 
     def run(self, fits: list[FitUnit], jobs: list[ScoreJob], ctx: RunContext, on_done: OnDone) -> None:

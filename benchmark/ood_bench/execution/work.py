@@ -41,12 +41,12 @@ class TrainInputs:
 
 
 def train(unit: TrainUnit, suite: Suite, inputs: TrainInputs, compute: Compute, checkpoint_dir: Path,
-          console: Console) -> TrainedBackbone:
+          console: Console, on_validation: Callable[[dict[str, Any]], None] | None = None) -> TrainedBackbone:
     """Train or load the unit's backbone (a per-key lock makes concurrent callers train it once)."""
     spec = suite.backbones[unit.backbone]
     return train_or_load(spec.kind, registry("backbones").get(spec.kind), spec.params, spec.train, inputs.train,
                          inputs.val, seed=unit.seed, compute=compute, checkpoint_dir=checkpoint_dir,
-                         console=console, aux_set=inputs.aux)
+                         console=console, aux_set=inputs.aux, on_validation=on_validation)
 
 
 def load_member(suite: Suite, unit: TrainUnit, compute: Compute) -> TrainedBackbone:

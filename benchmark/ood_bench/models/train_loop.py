@@ -13,7 +13,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +65,8 @@ class TrainingRun:
     resumes: int = 0
     last_train: dict[str, Any] = field(default_factory=dict)
     last_partial_at: float = field(default_factory=time.perf_counter)
+    on_validation: Callable[[dict[str, Any]], None] | None = None
+    """Told about each validation record as it is made (a run logger's hook)."""
 
     def __post_init__(self) -> None:
         n, bs = len(self.train_set), self.config.batch_size
@@ -212,6 +214,8 @@ class TrainingRun:
             "train": _floats(self.last_train), "elapsed_s": self.elapsed_s,
         }
         self.history.append(record)
+        if self.on_validation is not None:
+            self.on_validation(record)
         improved = not self.best or elbo > self.best["val_elbo"]
         if improved:
             self.best = {k: record[k] for k in ("epoch", "step", "val_elbo", "val_bpd", "val_kl")}

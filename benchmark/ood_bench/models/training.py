@@ -12,6 +12,7 @@ split is never seen here. The optimisation settings are :class:`ood_bench.models
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def train_or_load(
     *,
     stop_after_steps: int | None = None,
     aux_set: ImageSet | None = None,
+    on_validation: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainedBackbone:
     """Load the cached model for these inputs, or train it (resuming a partial run) and cache it.
 
@@ -72,7 +74,8 @@ def train_or_load(
     KeyboardInterrupt; the next call resumes there. ``stop_after_steps`` does the same at that global
     step count but raises :class:`TrainingStopped` (for tests). ``aux_set``: auxiliary training data
     (converted to the training image shape); each step then passes one minibatch of it to
-    ``training_loss(..., aux=...)``, and its fingerprint joins the checkpoint key. ``compute``: the numerics
+    ``training_loss(..., aux=...)``, and its fingerprint joins the checkpoint key. ``on_validation`` is called
+    with each validation record made by this call (see :class:`ood_bench.loggers.RunLogger`). ``compute``: the numerics
     policy, applied to this process (a device string means :func:`~ood_bench.compute.resolve_compute` of it).
     """
     config = TrainConfig.validate(train_config)
@@ -104,6 +107,7 @@ def train_or_load(
             if loaded is not None:
                 return loaded
             run = TrainingRun(model, config, train_set, val_set, seed, compute, console, key, partial_path, aux_set)
+            run.on_validation = on_validation
             run.metadata_base = {
                 "key": key, "kind": kind, "params": resolved if resolved is not None else params,
                 "train_config": dataclasses.asdict(config), "seed": int(seed),

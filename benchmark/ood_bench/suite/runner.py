@@ -27,6 +27,7 @@ from ood_bench.compute import resolve_compute
 from ood_bench.errors import UserError
 from ood_bench.execution.executor import Chunk, Executor, RunContext, ScoreJob, TrainRecord, make_executor
 from ood_bench.execution.plan import Plan, build_detector_instance, build_plan, score_keys
+from ood_bench.loggers import RunLogger, check_logger, make_logger
 from ood_bench.suite import marks, results
 from ood_bench.suite.datasets import SuiteData, resolve
 from ood_bench.suite.load import SuiteSource, check_detector_backbones, load_suite
@@ -104,16 +105,20 @@ def run_suite(
     checkpoint_dir: Path | None = None,
     examples_per_unit: int | None = None,
     console: Console | None = None,
+    logger: str | RunLogger = "none",
 ) -> tuple[Path, RunStats]:
     """Run a suite (a file, a mapping or a :class:`Suite`) end to end; returns the run directory and what was
     computed. ``overrides``, ``detectors`` and ``ood``: see :func:`ood_bench.suite.load.load_suite`.
 
     ``executor``: ``local`` (this process), ``ray`` (a local Ray cluster), or an executor object from
     :func:`ood_bench.execution.executor.make_executor` (e.g. Ray at an address). The scores do not depend on it.
+    ``logger``: ``none``, ``tensorboard`` (events in ``<run dir>/tensorboard``) or a :class:`RunLogger`.
     """
     console = console or Console()
     started = time.perf_counter()
     revision = git_revision()  # read before the work: a commit made during a long run is not what ran
+    if isinstance(logger, str):
+        check_logger(logger)
     t0 = time.perf_counter()
     suite, suite_hash, data, plan, checkpoint_dir = prepare(
         suite_path, profile=profile, overrides=overrides, detectors=detectors, ood=ood, device=device,
@@ -134,7 +139,8 @@ def run_suite(
     store = ScoreStore(run_dir)
     for problem in store.repair():  # damaged scores are recomputed, never used
         console.print(f"[yellow]warning:[/] {problem}")
-    ctx = RunContext(plan, data, store, checkpoint_dir, console)
+    run_logger = make_logger(logger, run_dir) if isinstance(logger, str) else logger
+    ctx = RunContext(plan, data, store, checkpoint_dir, console, logger=run_logger)
     try:
         records = runner.train(list(plan.train.values()), ctx)
         for unit_id, record in records.items():
@@ -144,6 +150,7 @@ def run_suite(
         _score(plan, ctx, records, runner, stats)
     finally:
         runner.close()
+        run_logger.close()
     evaluations = [_evaluation(suite, label, seed, data, ctx, records)
                    for seed in suite.seeds for label in suite.detectors]
     run_record = {
@@ -239,8 +246,15 @@ def _score(plan: Plan, ctx: RunContext, records: dict[str, TrainRecord], runner:
     def finish(key: str) -> None:
         finished.append(Finished(key, fields_of[key], len(data.eval_sets[fields_of[key]["set"]])))
 
+    tell_logger = type(ctx.logger).scores is not RunLogger.scores  # reading arrays back only when someone listens
+
     def flush() -> None:
         store.finalize_many(finished)
+        if tell_logger:
+            for item in finished:
+                for output, values in (store.get(item.key) or {}).items():
+                    ctx.logger.scores(item.fields["detector_label"], item.fields["seed"], item.fields["set"],
+                                      output, values)
         finished.clear()
         last_flush[0] = time.perf_counter()
 
