@@ -33,18 +33,19 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, features
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector, whole_number
+from ood_bench.detectors.base import Batch, Detector
 from ood_bench.errors import UserError
 from ood_bench.numerics import LN2, bits_per_dim
+from ood_bench.params import PositiveInt, checked
 
 COMPRESSORS = ("png", "jp2")
-UNITS = ("bits_per_dim", "reference_mix")
 
 
 def _to_pil(image: np.ndarray, compressor: str) -> Image.Image:
@@ -104,12 +105,12 @@ class InputComplexity(Detector):
     name = "input_complexity"
     version = "2"
 
-    def __init__(self, iwae_samples: int = 16, compressors: tuple[str, ...] | list[str] = COMPRESSORS,
-                 units: str = "bits_per_dim"):
-        if units not in UNITS:
-            raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
+    @checked
+    def __init__(self, iwae_samples: PositiveInt = 16,
+                 compressors: list[Literal["png", "jp2"]] | tuple[Literal["png", "jp2"], ...] = COMPRESSORS,
+                 units: Literal["bits_per_dim", "reference_mix"] = "bits_per_dim"):
         self.units = units
-        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
+        self.iwae_samples = iwae_samples
         compressors = tuple(compressors)
         bad = [c for c in compressors if c not in COMPRESSORS]
         if bad or not compressors or len(set(compressors)) != len(compressors):

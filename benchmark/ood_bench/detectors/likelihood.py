@@ -13,8 +13,9 @@ import math
 import numpy as np
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector, whole_number
+from ood_bench.detectors.base import Batch, Detector
 from ood_bench.numerics import bits_per_dim
+from ood_bench.params import PositiveInt, checked
 
 
 class Likelihood(Detector):
@@ -30,8 +31,9 @@ class Likelihood(Detector):
     name = "likelihood"
     version = "1"
 
-    def __init__(self, iwae_samples: int = 16):
-        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
+    @checked
+    def __init__(self, iwae_samples: PositiveInt = 16):
+        self.iwae_samples = iwae_samples
 
     def outputs(self) -> list[str]:
         return ["elbo_bpd", "iwae_bpd"]

@@ -18,8 +18,9 @@ import math
 import numpy as np
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector, hierarchy_problem, whole_number
+from ood_bench.detectors.base import Batch, Detector, hierarchy_problem
 from ood_bench.numerics import bits_per_dim
+from ood_bench.params import PositiveInt, checked
 
 
 class LikelihoodRatio(Detector):
@@ -34,8 +35,9 @@ class LikelihoodRatio(Detector):
     name = "llr"
     version = "1"
 
-    def __init__(self, iwae_samples: int = 16):
-        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
+    @checked
+    def __init__(self, iwae_samples: PositiveInt = 16):
+        self.iwae_samples = iwae_samples
 
     @classmethod
     def backbone_problem(cls, backbone) -> str | None:

@@ -26,15 +26,16 @@ images, discretised logistic mixture); backbones with a continuous density head 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector, hierarchy_problem, whole_number
+from ood_bench.detectors.base import Batch, Detector, hierarchy_problem
+from ood_bench.params import PositiveInt, checked
 
 # log p(x|.) of a probability mass is < 0; this only guards a float rounding to exactly 0.
 _MAX_LOG_PX = -1e-12
-K0_TERMS = ("zero", "iwae_gap")
 
 
 def adaptive_weights(log_px: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -67,11 +68,9 @@ class AdaptiveLikelihoodRatio(Detector):
     name = "llr_ada"
     version = "2"
 
-    def __init__(self, iwae_samples: int = 16, k0_term: str = "zero"):
-        if k0_term not in K0_TERMS:
-            raise ValueError(f"k0_term must be one of {', '.join(K0_TERMS)}, got {k0_term!r}")
-        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
-        self.k0_term = k0_term
+    @checked
+    def __init__(self, iwae_samples: PositiveInt = 16, k0_term: Literal["zero", "iwae_gap"] = "zero"):
+        self.iwae_samples, self.k0_term = iwae_samples, k0_term
 
     @classmethod
     def backbone_problem(cls, backbone) -> str | None:

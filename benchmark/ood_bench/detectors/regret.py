@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from ood_bench.detectors.base import Batch, Detector, whole_number
+from ood_bench.detectors.base import Batch, Detector
 from ood_bench.models.base import frozen
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import log_mean_exp, stacked_normal
+from ood_bench.params import NonNegativeInt, NonNegativeNumber, PositiveInt, PositiveNumber, checked
 
-TARGETS = ("encoder", "posterior")
 ENCODER_CHUNK = 32
 """Examples optimised together in ``encoder`` mode (bounds memory: each holds a copy of the encoder)."""
 IWAE_ROWS = 1024
@@ -203,16 +204,11 @@ class LikelihoodRegret(Detector):
     name = "likelihood_regret"
     version = "1"
 
-    def __init__(self, steps: int = 100, lr: float = 2e-4, weight_decay: float = 5e-5, iwae_samples: int = 1000,
-                 target: str = "encoder"):
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-        if target not in TARGETS:
-            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-        self.steps, self.lr, self.weight_decay = whole_number(steps, "steps", minimum=0), float(lr), float(weight_decay)
-        self.iwae_samples, self.target = whole_number(iwae_samples, "iwae_samples"), target
+    @checked
+    def __init__(self, steps: NonNegativeInt = 100, lr: PositiveNumber = 2e-4, weight_decay: NonNegativeNumber = 5e-5,
+                 iwae_samples: PositiveInt = 1000, target: Literal["encoder", "posterior"] = "encoder"):
+        self.steps, self.lr, self.weight_decay = steps, float(lr), float(weight_decay)
+        self.iwae_samples, self.target = iwae_samples, target
 
     @classmethod
     def backbone_problem(cls, backbone: torch.nn.Module) -> str | None:

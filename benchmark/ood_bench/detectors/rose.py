@@ -32,26 +32,26 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, Strict
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ood_bench.data.imageset import ImageSet
 from ood_bench.data.sampling import subset
-from ood_bench.detectors.base import Batch, Detector, whole_number
+from ood_bench.detectors.base import Batch, Detector
 from ood_bench.detectors.regret import vae_problem
 from ood_bench.hashing import digest
 from ood_bench.models.base import frozen
 from ood_bench.models.checkpoints import load_checkpoint, save_atomic, weights_digest
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import example_generators
+from ood_bench.params import Flag, Number, checked
 
-PRECONDITIONERS = ("ekfac", "diag")
-AGGREGATIONS = ("max", "relu_pnorm")
 EPS = 1e-8
 FIT_BATCH = 128
 FIT_SEED = 0
@@ -190,19 +190,13 @@ class Rose(Detector):
     def backbone_problem(cls, backbone: torch.nn.Module) -> str | None:
         return vae_problem(backbone)
 
-    def __init__(self, preconditioner: str = "ekfac", n_fit: int = 1000, aggregation: str = "max",
-                 p: float | None = None, beta: float = 0.0, diag_sqrt: bool = False):
-        if preconditioner not in PRECONDITIONERS:
-            raise ValueError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {preconditioner!r}")
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
-        if p is not None and not (isinstance(p, (int, float)) and p >= 1):
+    @checked
+    def __init__(self, preconditioner: Literal["ekfac", "diag"] = "ekfac",
+                 n_fit: Annotated[int, Strict(), Field(ge=2)] = 1000, aggregation: Literal["max", "relu_pnorm"] = "max",
+                 p: Number | None = None, beta: Number = 0.0, diag_sqrt: Flag = False):
+        if p is not None and p < 1:
             raise ValueError(f"p must be a number >= 1 or null (infinity), got {p!r}")
-        if not isinstance(beta, (int, float)):
-            raise ValueError(f"beta must be a number, got {beta!r}")
-        if not isinstance(diag_sqrt, bool):
-            raise ValueError(f"diag_sqrt must be true or false, got {diag_sqrt!r}")
-        self.preconditioner, self.n_fit, self.aggregation = preconditioner, whole_number(n_fit, "n_fit", 2), aggregation
+        self.preconditioner, self.n_fit, self.aggregation = preconditioner, n_fit, aggregation
         self.p, self.beta, self.diag_sqrt = p, float(beta), diag_sqrt
 
     def outputs(self) -> list[str]:

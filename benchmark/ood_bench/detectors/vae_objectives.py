@@ -19,15 +19,17 @@ import numpy as np
 import torch
 
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector, whole_number
+from ood_bench.detectors.base import Batch, Detector
 from ood_bench.numerics import bits_per_dim
+from ood_bench.params import PositiveInt, checked
 
 
 class _ObjectiveDetector(Detector):
     objective = ""
 
-    def __init__(self, iwae_samples: int = 1):
-        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
+    @checked
+    def __init__(self, iwae_samples: PositiveInt = 1):
+        self.iwae_samples = iwae_samples
 
     @classmethod
     def backbone_problem(cls, backbone: torch.nn.Module) -> str | None:

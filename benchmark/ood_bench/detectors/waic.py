@@ -20,7 +20,8 @@ import torch
 
 from ood_bench.data.imageset import ImageSet
 from ood_bench.detectors import estimators
-from ood_bench.detectors.base import Batch, Detector, whole_number
+from ood_bench.detectors.base import Batch, Detector
+from ood_bench.params import PositiveInt, checked
 
 
 class WAIC(Detector):
@@ -37,9 +38,9 @@ class WAIC(Detector):
     name = "waic"
     version = "1"
 
-    def __init__(self, members: int = 5, iwae_samples: int = 16):
-        self.members = whole_number(members, "members")
-        self.iwae_samples = whole_number(iwae_samples, "iwae_samples")
+    @checked
+    def __init__(self, members: PositiveInt = 5, iwae_samples: PositiveInt = 16):
+        self.members, self.iwae_samples = members, iwae_samples
 
     def seed_variants(self) -> int:
         return self.members

@@ -7,7 +7,6 @@ A backbone is a (hierarchical) VAE with L latent layers. Detectors only use ``pr
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,19 +35,6 @@ class BoundTerms:
         for term in self.kl:
             total = total - term
         return total
-
-
-def config_from_params(config_cls: type, params: dict[str, Any], owner: str) -> Any:
-    """Build a config dataclass from a parameter dict, rejecting unknown keys by name."""
-    if not isinstance(params, dict):
-        raise ValueError(f"{owner} parameters must be a mapping, got {type(params).__name__}")
-    allowed = [f.name for f in dataclasses.fields(config_cls)]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown {owner} parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
-        )
-    return config_cls(**params)
 
 
 @contextmanager

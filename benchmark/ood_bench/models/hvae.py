@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ood_bench.models import gaussian
-from ood_bench.models.base import Backbone, BoundTerms, config_from_params
+from ood_bench.models.base import Backbone, BoundTerms
 from ood_bench.models.heads import head_input, make_head
 from ood_bench.models.hvae_blocks import (
     DenseResBlock,
@@ -41,6 +41,7 @@ from ood_bench.models.hvae_blocks import (
     wnorm,
 )
 from ood_bench.models.hvae_config import INFORMATIVE_PRIORS, HVAEConfig, default_latents
+from ood_bench.params import config_from_params
 
 CPU_ROWS_PER_PASS = 256
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-FREE_BITS_MODES = ("position", "element", "layer")
-OBJECTIVES = ("elbo", "informative")
+from ood_bench.params import STRICT, Flag, NonNegativeInt, PositiveInt, PositiveNumber
+
 INFORMATIVE_PRIORS = ("sample", "mean")
 
 
@@ -16,27 +17,29 @@ class HVAEConfig:
     Defaults are seed 001's sizes; ``None`` fields are derived from the input shape.
     """
 
-    latent_shapes: list[list[int]] | None = None
+    __pydantic_config__ = STRICT
+
+    latent_shapes: list[list[PositiveInt]] | None = None
     """z_1 first; [C, H, W] is convolutional, [D] dense. Default: grayscale [[8, H/2, W/2], [16], [8]],
     colour [[8, H/2, W/2], [16, H/4, W/4], [32, H/8, W/8]]."""
-    channels: int = 64
-    blocks_per_stage: int = 3
+    channels: PositiveInt = 64
+    blocks_per_stage: NonNegativeInt = 3
     """Residual blocks per deterministic stage. 0 builds compact plain stages instead: a 4x4 stride-2
     convolution per halving (transposed going down) and one ``kernel`` convolution per map stage, a
     two-layer MLP per dense stage, and the last upsampling of the decoder as its output layer (the
     cpu-budget prototype of ``cpu-hvae-notes.md``, whose LLR>k beats the residual stages at equal budget)."""
-    kernel_sizes: list[int] | None = None
+    kernel_sizes: list[PositiveInt] | None = None
     """Odd kernel size per stage, bottom first. Default [5, 3, 3, ...]."""
-    dense_width: int = 256
-    likelihood: str | None = None
+    dense_width: PositiveInt = 256
+    likelihood: Literal["bernoulli", "dlm", "categorical"] | None = None
     """``bernoulli`` (binarised images), ``dlm`` (discretised logistic mixture) or ``categorical`` (256-way
     softmax per sub-pixel). Default: bernoulli for one channel, dlm otherwise."""
-    dlm_components: int = 10
-    weight_norm: bool = True
+    dlm_components: PositiveInt = 10
+    weight_norm: Flag = True
     """Weight normalisation with data-dependent initialisation (Salimans & Kingma 2016)."""
-    kl_estimator: str = "analytic"
+    kl_estimator: Literal["analytic", "mc"] = "analytic"
     """KL terms of the training loss: ``analytic`` or ``mc`` (single sample). Scores are always MC."""
-    free_bits_per: str = "position"
+    free_bits_per: Literal["position", "element", "layer"] = "position"
     """How a layer's free-bits budget lambda is applied in training (a floor under which KL is not
     penalised). ``position``: lambda / channels (units) on each latent element of each example, i.e.
     lambda per spatial position of a conv latent and lambda for a dense one. This is hvae-oodd's FreeNats
@@ -44,49 +47,27 @@ class HVAEConfig:
     measured to avoid collapse. ``element``: lambda / (number of elements) on each element of each example,
     i.e. lambda for the whole layer (not hvae-oodd's rule). ``layer``: lambda on the batch-averaged KL of
     the whole layer (Kingma et al. 2016)."""
-    objective: str = "elbo"
+    objective: Literal["elbo", "informative"] = "elbo"
     """Training objective. ``elbo``: the evidence lower bound. ``informative``: seed 000 eq. 10,
     ``ELBO - LL^{>0} + mean_{k=0..L-1} LL^{>k}`` with ``LL^{>k} = log p(x|z_1)`` for z_{>k} from the posterior
     and z_{<=k} from the conditional priors (spec §1.3). Scores never depend on it: every bound is the same."""
-    informative_prior: str = "sample"
+    informative_prior: Literal["sample", "mean"] = "sample"
     """How the informative objective sets z_{<=k}: ``sample`` (reparameterised draws from p(z_l|z_{l+1}), seed
     000 eq. 10) or ``mean`` (the conditional-prior means, the construction L^{>k} uses at evaluation)."""
-    informative_weight: float = 1.0
+    informative_weight: PositiveNumber = 1.0
     """lambda in ``ELBO + lambda * (mean_k LL^{>k} - LL^{>0})``: 1 is seed 000's objective; smaller values keep
     more weight on the ordinary reconstruction term (see docs/informative-hvae.md on collapse)."""
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.channels, int) and self.channels > 0, "channels", "a positive integer")
-        _check(isinstance(self.blocks_per_stage, int) and self.blocks_per_stage >= 0, "blocks_per_stage",
-               "a non-negative integer (0 = compact stages without residual blocks)")
-        _check(isinstance(self.dense_width, int) and self.dense_width > 0, "dense_width",
-               "a positive integer")
-        _check(isinstance(self.dlm_components, int) and self.dlm_components > 0, "dlm_components",
-               "a positive integer")
-        _check(self.likelihood in (None, "bernoulli", "dlm", "categorical"), "likelihood",
-               "'bernoulli', 'dlm' or 'categorical'")
-        _check(self.kl_estimator in ("analytic", "mc"), "kl_estimator", "'analytic' or 'mc'")
-        _check(self.free_bits_per in FREE_BITS_MODES, "free_bits_per", " or ".join(map(repr, FREE_BITS_MODES)))
-        _check(isinstance(self.weight_norm, bool), "weight_norm", "true or false")
-        _check(self.objective in OBJECTIVES, "objective", " or ".join(map(repr, OBJECTIVES)))
-        _check(self.informative_prior in INFORMATIVE_PRIORS, "informative_prior",
-               " or ".join(map(repr, INFORMATIVE_PRIORS)))
-        w = self.informative_weight
-        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w <= 1, "informative_weight",
-               "a number in (0, 1]")
+        """What the field types cannot say."""
+        _check(self.informative_weight <= 1, "informative_weight", "a number in (0, 1]")
         if self.latent_shapes is not None:
-            ok = isinstance(self.latent_shapes, (list, tuple)) and len(self.latent_shapes) >= 1 and all(
-                isinstance(s, (list, tuple)) and len(s) in (1, 3)
-                and all(isinstance(d, int) and d > 0 for d in s)
-                for s in self.latent_shapes
-            )
+            ok = len(self.latent_shapes) >= 1 and all(len(s) in (1, 3) for s in self.latent_shapes)
             _check(ok, "latent_shapes", "a list of [C, H, W] or [D] shapes of positive integers")
             self.latent_shapes = [list(s) for s in self.latent_shapes]
         if self.kernel_sizes is not None:
-            ok = isinstance(self.kernel_sizes, (list, tuple)) and all(
-                isinstance(k, int) and k > 0 and k % 2 == 1 for k in self.kernel_sizes
-            )
-            _check(ok, "kernel_sizes", "a list of odd positive integers, one per stage")
+            _check(all(k % 2 == 1 for k in self.kernel_sizes), "kernel_sizes",
+                   "a list of odd positive integers, one per stage")
             self.kernel_sizes = list(self.kernel_sizes)
 
 

@@ -24,17 +24,16 @@ The model is the plain VAE of :mod:`ood_bench.models.vae`: ``posterior``, ``deco
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ood_bench.models import gaussian
-from ood_bench.models.base import config_from_params, frozen
+from ood_bench.models.base import frozen
+from ood_bench.params import STRICT, Flag, Number, PositiveNumber, config_from_params
 
 OBJECTIVES = ("elbo", "bpvae", "negative_sampling")
-NEGATIVES = ("aux", "uniform", "generated")
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,13 @@ class ObjectiveParams:
     for 32×32 colour) and ``generator_term`` (negative sampling).
     """
 
-    simple_prior_std: float = 0.5
-    literal_eq5: bool = False
-    negatives: str = "aux"
-    negative_shift: float = 8.0
-    generator_term: bool = True
+    __pydantic_config__ = STRICT
+
+    simple_prior_std: PositiveNumber = 0.5
+    literal_eq5: Flag = False
+    negatives: Literal["aux", "uniform", "generated"] = "aux"
+    negative_shift: Number = 8.0
+    generator_term: Flag = True
 
 
 OWNERS = {"simple_prior_std": "bpvae", "literal_eq5": "bpvae", "negatives": "negative_sampling",
@@ -71,16 +72,6 @@ def validate(objective: str, params: dict[str, Any]) -> ObjectiveParams:
     foreign = sorted(k for k in params or {} if OWNERS[k] != objective)
     if foreign:
         raise ValueError(f"objective_params {', '.join(foreign)} do not apply to objective {objective!r}")
-    v = cfg.simple_prior_std
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"objective_params.simple_prior_std must be a positive number, got {v!r}")
-    if cfg.negatives not in NEGATIVES:
-        raise ValueError(f"objective_params.negatives must be one of {', '.join(NEGATIVES)}, got {cfg.negatives!r}")
-    if isinstance(cfg.negative_shift, bool) or not isinstance(cfg.negative_shift, (int, float)):
-        raise ValueError(f"objective_params.negative_shift must be a number, got {cfg.negative_shift!r}")
-    for name in ("literal_eq5", "generator_term"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ValueError(f"objective_params.{name} must be true or false, got {getattr(cfg, name)!r}")
     return cfg
 
 

@@ -6,7 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ood_bench.models.base import config_from_params
+from ood_bench.params import (
+    STRICT,
+    Fraction,
+    NonNegativeNumber,
+    PositiveInt,
+    PositiveNumber,
+    config_from_params,
+)
 
 MAX_EPOCHS = 100_000
 """More epochs than any published budget by orders of magnitude: a larger value is a typo."""
@@ -24,50 +31,34 @@ class TrainConfig:
     validation ELBO (None: never stop early).
     """
 
-    epochs: float = 4
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_min: float = 1e-4
-    grad_clip: float | None = 100.0
-    warmup_fraction: float = 0.2
-    free_bits: float = 2.0
-    free_bits_hold_fraction: float = 0.2
-    free_bits_end_fraction: float = 0.4
-    val_every_epochs: float = 1
-    val_batch_size: int = 500
-    patience: int | None = None
+    __pydantic_config__ = STRICT
+
+    epochs: PositiveNumber = 4
+    batch_size: PositiveInt = 128
+    lr: PositiveNumber = 1e-3
+    lr_min: NonNegativeNumber = 1e-4
+    grad_clip: PositiveNumber | None = 100.0
+    warmup_fraction: Fraction = 0.2
+    free_bits: NonNegativeNumber = 2.0
+    free_bits_hold_fraction: Fraction = 0.2
+    free_bits_end_fraction: Fraction = 0.4
+    val_every_epochs: PositiveNumber = 1
+    val_batch_size: PositiveInt = 500
+    patience: PositiveInt | None = None
 
     def __post_init__(self) -> None:
+        """What the field types cannot say: bounds that involve two fields, and sizes that are typos."""
+
         def need(ok: bool, name: str, expected: str) -> None:
             if not ok:
                 raise ValueError(f"train setting {name!r} must be {expected}, got {getattr(self, name)!r}")
 
-        def number(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        def positive_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-        def fraction(v: Any) -> bool:
-            return number(v) and 0 <= v <= 1
-
-        need(number(self.epochs) and 0 < self.epochs <= MAX_EPOCHS, "epochs", f"a number in (0, {MAX_EPOCHS:,}]")
-        need(positive_int(self.batch_size) and self.batch_size <= MAX_BATCH, "batch_size",
-             f"an integer from 1 to {MAX_BATCH:,}")
-        need(number(self.lr) and self.lr > 0, "lr", "a positive number")
-        need(number(self.lr_min) and 0 <= self.lr_min <= self.lr, "lr_min", "a number in [0, lr]")
-        need(self.grad_clip is None or (number(self.grad_clip) and self.grad_clip > 0), "grad_clip",
-             "a positive number or null")
-        need(number(self.free_bits) and self.free_bits >= 0, "free_bits", "a number >= 0")
-        for name in ("warmup_fraction", "free_bits_hold_fraction", "free_bits_end_fraction"):
-            need(fraction(getattr(self, name)), name, "a number in [0, 1]")
+        need(self.epochs <= MAX_EPOCHS, "epochs", f"a number in (0, {MAX_EPOCHS:,}]")
+        need(self.batch_size <= MAX_BATCH, "batch_size", f"an integer from 1 to {MAX_BATCH:,}")
+        need(self.val_batch_size <= MAX_BATCH, "val_batch_size", f"an integer from 1 to {MAX_BATCH:,}")
+        need(self.lr_min <= self.lr, "lr_min", "a number in [0, lr]")
         need(self.free_bits_end_fraction >= self.free_bits_hold_fraction, "free_bits_end_fraction",
              "at least free_bits_hold_fraction")
-        need(number(self.val_every_epochs) and self.val_every_epochs > 0, "val_every_epochs",
-             "a positive number")
-        need(positive_int(self.val_batch_size) and self.val_batch_size <= MAX_BATCH, "val_batch_size",
-             f"an integer from 1 to {MAX_BATCH:,}")
-        need(self.patience is None or positive_int(self.patience), "patience", "a positive integer or null")
 
     @classmethod
     def validate(cls, values: dict[str, Any]) -> TrainConfig:

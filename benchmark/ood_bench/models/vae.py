@@ -21,15 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ood_bench.models import gaussian, objectives
-from ood_bench.models.base import Backbone, BoundTerms, config_from_params
+from ood_bench.models.base import Backbone, BoundTerms
 from ood_bench.models.heads import head_input, make_head
 from ood_bench.models.layers import FeatureMapLinear, UpConv2d, chain_channels_last
+from ood_bench.params import STRICT, NonNegativeInt, PositiveInt, config_from_params
 
 CPU_ROWS_PER_PASS = 512
 
@@ -41,43 +42,33 @@ class VAEConfig:
     ``None`` fields are derived from the input shape (grayscale / colour defaults of spec §1.1).
     """
 
-    latent_dim: int | None = None
+    __pydantic_config__ = STRICT
+
+    latent_dim: PositiveInt | None = None
     """d, the size of z. Default 16 for one channel (WAIC reference code), 100 for colour (seed 004)."""
-    channels: list[int] | None = None
+    channels: list[PositiveInt] | None = None
     """Output channels of the stride-2 encoder convolutions. Default [32, 64] for one channel,
     [64, 128, 256] for colour."""
-    hidden: int = 256
+    hidden: NonNegativeInt = 256
     """Width of the dense layer between the convolutions and the latent (0: none)."""
-    likelihood: str | None = None
+    likelihood: Literal["bernoulli", "dlm", "categorical"] | None = None
     """``bernoulli`` (binarised images), ``dlm`` (discretised logistic mixture) or ``categorical`` (a 256-way
     softmax per sub-pixel, the likelihood-regret reference decoder). Default: bernoulli for one channel, dlm
     otherwise."""
-    dlm_components: int = 10
-    free_bits_per: str = "element"
+    dlm_components: PositiveInt = 10
+    free_bits_per: Literal["element", "layer"] = "element"
     """How the training free-bits budget lambda (nats) floors the KL: ``element`` = lambda / d on each latent
     dimension of each example; ``layer`` = lambda on the batch-averaged KL."""
-    objective: str = "elbo"
+    objective: Literal["elbo", "bpvae", "negative_sampling"] = "elbo"
     """Training objective: ``elbo``, ``bpvae`` or ``negative_sampling`` (:mod:`ood_bench.models.objectives`)."""
     objective_params: dict[str, Any] = field(default_factory=dict)
     """Settings of the objective (:class:`ood_bench.models.objectives.ObjectiveParams`)."""
 
     def __post_init__(self) -> None:
-        def positive_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-        _check(self.latent_dim is None or positive_int(self.latent_dim), "latent_dim", "a positive integer")
+        """What the field types cannot say: the channel list is not empty, the objective's settings apply."""
         if self.channels is not None:
-            ok = isinstance(self.channels, (list, tuple)) and len(self.channels) >= 1 and all(
-                positive_int(c) for c in self.channels)
-            _check(ok, "channels", "a non-empty list of positive integers")
+            _check(len(self.channels) >= 1, "channels", "a non-empty list of positive integers")
             self.channels = list(self.channels)
-        _check(isinstance(self.hidden, int) and not isinstance(self.hidden, bool) and self.hidden >= 0,
-               "hidden", "an integer >= 0")
-        _check(self.likelihood in (None, "bernoulli", "dlm", "categorical"), "likelihood",
-               "'bernoulli', 'dlm' or 'categorical'")
-        _check(positive_int(self.dlm_components), "dlm_components", "a positive integer")
-        _check(self.free_bits_per in ("element", "layer"), "free_bits_per", "'element' or 'layer'")
-        _check(isinstance(self.objective_params, dict), "objective_params", "a mapping")
         objectives.validate(self.objective, self.objective_params)
 
 

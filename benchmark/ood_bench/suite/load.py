@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from ood_bench.errors import UserError
 from ood_bench.hashing import canonical_json
+from ood_bench.params import describe
 from ood_bench.suite.papers import paper_values, resolve_references
 from ood_bench.suite.schema import DatasetRef, Suite
 
@@ -415,5 +416,7 @@ def build_detector(cls: type, params: dict[str, Any], where: str):
                         f"Allowed parameters: {', '.join(allowed) or '(none)'}.")
     try:
         return cls(**params)
+    except ValidationError as exc:
+        raise UserError(f"{where}: invalid parameter for detector '{cls.name}' {describe(exc)}.") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"{where}: invalid parameters for detector '{cls.name}': {exc}.") from None
