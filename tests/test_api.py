@@ -69,6 +69,9 @@ def test_cli_set_subsets_validate_and_show_formats(tmp_path):
     # not a terminal: plain progress lines, with loss and per-layer KL while training
     assert re.search(r"training \w+: \d+/\d+ \(\d+%\), [\d.]+ steps/s, ETA .*loss .* KL z1", proc.stdout), proc.stdout
     assert "score likelihood/mnist: 100/100 (100%)" in proc.stdout
+    assert re.search(r"data: mnist \(mnist 'test'\): 10,000 images 1x28x28 in [\d.]+ s", proc.stdout), proc.stdout
+    reported = cli("report", results / "tiny")
+    assert reported.returncode == 0 and "report: ROC curves" in reported.stdout and "report: wrote" in reported.stdout
     record = json.loads((results / "tiny" / "run.json").read_text())
     assert {e["detector"] for e in record["evaluations"]} == {"likelihood"}
     assert set(record["sets"]) == {"fashionmnist", "mnist", "fashionmnist-train (sanity)"}

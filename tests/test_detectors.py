@@ -129,7 +129,6 @@ def test_llr_refuses_a_single_layer_backbone(images):
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "16", True, None])
 def test_count_parameters_refuse_anything_but_whole_numbers(bad):
     from ood_bench.registry import registry
-
     from ood_bench.suite.load import build_detector
 
     for name in ("likelihood", "llr", "llr_ada", "waic", "likelihood_regret", "input_complexity", "bpvae"):

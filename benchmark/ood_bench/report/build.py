@@ -82,11 +82,17 @@ def write_report(
     seed = plan["seeds"][0]
     title = f"ood-bench report: {plan['suite']} ({plan['profile']} profile)"
 
+    def step(text: str) -> None:
+        console.print(f"report: {text}", highlight=False)
+
+    step(f"metrics of {len(plan['evaluations'])} evaluations from the cache")
     records = records_from_cache(run_dir)
     blocks: list[Block] = [*_protocol(plan), *_headline(records, plan)]
     scores = _first_seed_scores(run_dir, plan, seed)
+    step("ROC curves and score densities")
     blocks += _roc_section(plan, scores, seed, fig_dir, names)
     blocks += _density_section(plan, scores, seed, fig_dir, names)
+    step("reconstructions and per-layer KL of every backbone (loads the checkpoints and a few images)")
     blocks += _backbone_sections(plan, run_dir, seed, suite_path, checkpoint_dir, fig_dir, names, console)
     blocks += _leaderboard(records, plan)
     blocks.append(Collapsible("Provenance: code, data, checkpoints and the cost of every step",
@@ -94,6 +100,7 @@ def write_report(
 
     write_text_atomic(out / "report.md", render_markdown(title, blocks))
     write_text_atomic(out / "index.html", render_html(title, blocks))
+    step(f"wrote {out / 'index.html'}, report.md and {len(list(fig_dir.glob('*.png')))} figures")
     return out
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass, field
+
+from rich.console import Console
 
 from ood_bench.data import ImageSet, apply_transforms, complement, conform, load_split, split_validation, subset
 from ood_bench.errors import DatasetMissing
@@ -25,17 +29,23 @@ class SuiteData:
     statistic is fitted on examples it is then evaluated on. None: the whole train set."""
 
 
-def _load(ref: DatasetRef, split: str, download: bool) -> ImageSet:
+def _load_set(ref: DatasetRef, split: str, download: bool, console: Console | None = None) -> ImageSet:
+    t0 = time.perf_counter()
     images = load_split(ref.dataset, split, params=ref.params, download=download)
-    return apply_transforms(images, [{"name": t.name, **t.params} for t in ref.transforms])
+    images = apply_transforms(images, [{"name": t.name, **t.params} for t in ref.transforms])
+    if console is not None:
+        console.print(f"data: {ref.display_name} ({ref.dataset} '{split}'): {len(images):,} images "
+                      f"{'x'.join(map(str, images.shape))} in {time.perf_counter() - t0:.1f} s", highlight=False)
+    return images
 
 
-def resolve(suite: Suite, strict: bool = False, download: bool = True) -> SuiteData:
-    """Load every set of ``suite``, downloading what is missing when allowed.
+def resolve(suite: Suite, strict: bool = False, download: bool = True, console: Console | None = None) -> SuiteData:
+    """Load every set of ``suite``, downloading what is missing when allowed; ``console`` hears one line per set.
 
     A missing OOD set is recorded with its fetch command (or raised when ``strict``).
     """
     ref = suite.in_distribution
+    _load = functools.partial(_load_set, console=console)
     cap = suite.evaluation.max_examples
     full_train = _load(ref, ref.train_split, download)
     train, val = split_validation(full_train, ref.validation_size, ref.split_seed)
@@ -61,7 +71,7 @@ def resolve(suite: Suite, strict: bool = False, download: bool = True) -> SuiteD
         n = ood.max_examples or cap
         eval_sets[label] = subset(images, n, ref.split_seed) if n else images
         roles[label] = "ood"
-    auxiliary = {name: auxiliary_set(spec.auxiliary, train.shape, ref.split_seed, download)
+    auxiliary = {name: auxiliary_set(spec.auxiliary, train.shape, ref.split_seed, download, console)
                  for name, spec in suite.backbones.items() if spec.auxiliary is not None}
     detector_fit = None
     if suite.evaluation.sanity:
@@ -72,8 +82,9 @@ def resolve(suite: Suite, strict: bool = False, download: bool = True) -> SuiteD
     return SuiteData(train, val, id_label, eval_sets, roles, missing, auxiliary, detector_fit)
 
 
-def auxiliary_set(ref: DatasetRef, shape: tuple[int, int, int], seed: int, download: bool = True) -> ImageSet:
+def auxiliary_set(ref: DatasetRef, shape: tuple[int, int, int], seed: int, download: bool = True,
+                  console: Console | None = None) -> ImageSet:
     """A backbone's auxiliary training set, converted to the ID image shape like an OOD set and capped at
     ``max_examples`` (seeded subset). A missing auxiliary set is an error: the backbone cannot be trained."""
-    images = conform(_load(ref, ref.split, download), shape)
+    images = conform(_load_set(ref, ref.split, download, console), shape)
     return subset(images, ref.max_examples, seed) if ref.max_examples else images

@@ -71,7 +71,7 @@ def prepare(suite_path: SuiteSource, *, profile: str = "cpu", overrides: dict[st
             precision: str = "fp32", threads: int | None = None, results_root: Path = Path("results"),
             strict: bool = False, download: bool = True, batch_size: int | None = None,
             checkpoint_dir: Path | None = None, examples_per_unit: int | None = None,
-            ) -> tuple[Suite, str, SuiteData, Plan, Path]:
+            console: Console | None = None) -> tuple[Suite, str, SuiteData, Plan, Path]:
     """Validate and load a suite, resolve its data and build its plan: (suite, suite hash, data, plan,
     checkpoint folder). Trains and scores nothing; ``ood-bench plan`` stops here."""
     suite, suite_hash = load_suite(suite_path, profile, overrides, detectors, ood)
@@ -80,7 +80,7 @@ def prepare(suite_path: SuiteSource, *, profile: str = "cpu", overrides: dict[st
             raise UserError(f"{flag} {folder} is a file, not a folder; pass a folder (it is created if absent).")
     compute = resolve_compute(device, precision, threads)
     checkpoint_dir = Path(checkpoint_dir or default_checkpoint_dir(results_root))
-    data = resolve(suite, strict=strict, download=download)
+    data = resolve(suite, strict=strict, download=download, console=console)
     check_detector_backbones(suite, data.train.shape, str(suite_path) if isinstance(suite_path, (str, Path))
                              else f"suite '{suite.name}'")
     plan = build_plan(suite, data, compute, checkpoint_dir, batch_size, examples_per_unit)
@@ -125,7 +125,7 @@ def run_suite(
         precision=precision, threads=threads,
         results_root=results_root, strict=strict,
         download=download, batch_size=batch_size, checkpoint_dir=checkpoint_dir,
-        examples_per_unit=examples_per_unit)
+        examples_per_unit=examples_per_unit, console=console)
     stats = RunStats()
     stats.wall_s["load_data"] = time.perf_counter() - t0
     compute = plan.compute
