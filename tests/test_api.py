@@ -101,6 +101,7 @@ def test_relative_dataset_paths_resolve_against_the_suite_file(tmp_path):
     (tmp_path / "suites").mkdir()
     text = TINY.read_text().replace("  - mnist\n", "  - mnist\n  - {dataset: image_folder, params: {path: ../imgs}, "
                                                    "label: mine}\n")
+    text = text.replace("../../benchmarks", str(ROOT / "benchmarks"))  # the suite's reference files
     (tmp_path / "suites" / "s.yaml").write_text(text)
     suite, _ = load_suite(tmp_path / "suites" / "s.yaml")
     mine = next(r for r in suite.ood if r.display_name == "mine")

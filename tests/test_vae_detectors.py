@@ -67,7 +67,7 @@ def test_vae_bound_is_log_px_minus_mc_kl():
 def test_vae_validate_params_and_resolved_defaults():
     with pytest.raises(ValueError, match="unknown vae parameter"):
         ConvVAE.validate_params({"widths": [1]})
-    with pytest.raises(ValueError, match="'channels'"):
+    with pytest.raises(ValueError, match="'channels.0': Input should be greater than 0"):
         ConvVAE.validate_params({"channels": [0]})
     resolved = ConvVAE.from_params({}, (1, 28, 28)).resolved_params()
     assert resolved["latent_dim"] == 16 and resolved["channels"] == [32, 64] and resolved["likelihood"] == "bernoulli"

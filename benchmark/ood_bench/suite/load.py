@@ -374,7 +374,11 @@ def _source(ref: DatasetRef, split: str) -> tuple[str, str, str]:
     from ood_bench.data import get_dataset
 
     definition = get_dataset(ref.dataset)
-    return definition.name, split, canonical_json(definition.check_params(ref.params))
+    try:
+        params = definition.check_params(ref.params)
+    except UserError:  # reported where the set is loaded; compare the parameters as written
+        params = ref.params
+    return definition.name, split, canonical_json(params)
 
 
 def check_auxiliary(suite: Suite, name: str, use: str, fail: Callable[..., None]) -> None:
