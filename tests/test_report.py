@@ -133,6 +133,15 @@ def test_reconstruct_is_a_mean_image_in_unit_range():
         r = model.reconstruct(x, k)
         assert r.shape == x.shape and float(r.min()) >= 0 and float(r.max()) <= 1
     assert not torch.equal(model.reconstruct(x, 0), model.reconstruct(x, 2))
+    from ood_bench.models.vae import ConvVAE  # a one-layer VAE reconstructs from z (k = 0) with any head
+
+    for likelihood in ("bernoulli", "dlm", "categorical"):
+        vae = ConvVAE.from_params({"channels": [4, 8], "hidden": 8, "latent_dim": 3, "likelihood": likelihood},
+                                  (1, 28, 28)).eval()
+        xv = vae.prepare(torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8), None)
+        r = vae.reconstruct(xv, 0)
+        assert r.shape == (3, 1, 28, 28) and float(r.min()) >= 0 and float(r.max()) <= 1, likelihood
+        assert not r.requires_grad  # the report turns it into an array
     assert torch.allclose(BernoulliHead(1).mean(torch.zeros(1, 1, 2, 2)), torch.full((1, 1, 2, 2), 0.5))
     head = DiscretizedLogisticMixtureHead(channels=3, components=1)
     params = torch.zeros(1, head.num_params, 1, 1)

@@ -181,6 +181,14 @@ class ConvVAE(Backbone):
         """Likelihood-head parameters of p(x|z) for latents (B, d)."""
         return self.decoder(z)
 
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Mean of p(x | z) at the posterior mean of z (the one-layer case, k = 0), images in [0, 1]."""
+        if k != 0:
+            raise ValueError(f"a one-layer VAE reconstructs from z itself (k = 0), got k = {k}")
+        mean, _ = self.posterior(x)
+        return self.head.mean(self.decode(mean))
+
     def log_px(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) in nats per example from head parameters."""
         return self.head.log_prob(params, x)
