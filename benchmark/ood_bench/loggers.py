@@ -74,5 +74,7 @@ def check_logger(name: str) -> None:
 
 def make_logger(name: str, run_dir: Path) -> RunLogger:
     """The logger ``--logger NAME`` asks for; TensorBoard events go to ``RUN_DIR/tensorboard``."""
+    if name == "tensorboard":
+        return TensorBoardLogger(Path(run_dir) / "tensorboard")  # checks the extra is installed
     check_logger(name)
-    return TensorBoardLogger(Path(run_dir) / "tensorboard") if name == "tensorboard" else RunLogger()
+    return RunLogger()

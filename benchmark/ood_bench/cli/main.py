@@ -147,7 +147,7 @@ EXAMPLES = {
     "list": "example:\n  ood-bench list detectors",
     "data": "examples:\n  ood-bench data list\n  ood-bench data fetch mnist kmnist\n  ood-bench data verify",
     "data list": "example:\n  ood-bench data list",
-    "data fetch": "example:\n  OOD_BENCH_MIRROR=../shared/data ood-bench data fetch mnist notmnist",
+    "data fetch": "example:\n  OOD_BENCH_MIRROR=/path/to/mirror ood-bench data fetch mnist notmnist",
     "data verify": "example:\n  ood-bench data verify mnist      # every local dataset when no name is given",
 }
 
