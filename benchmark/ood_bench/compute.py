@@ -15,6 +15,13 @@ On CPU the torch thread count is part of the policy: float32 reductions split di
 training with 1 or 2 threads gives weights that differ in their last bits. It is recorded in CPU keys (not in
 CUDA keys, where the GPU computes) and every worker of every executor uses it, so an executor never changes
 a number.
+
+Pass sizes are part of the policy too (:data:`PASS_ROWS`): how many rows one forward pass may hold, per device
+type. A CPU runs fastest per row on small passes (cache), a GPU on large ones. Another pass size moves a score
+in its last bits (~1e-6 relative on CPU: other kernels' blocking), so the device's table is recorded in its
+keys and retuning it never mixes scores of two tables. Noise is drawn on the CPU from per-example
+generators; :func:`to_device` copies it to a GPU from pinned memory without blocking, so the host draws the
+next noise while the GPU computes, and the bits are the CPU's.
 """
 
 from __future__ import annotations
@@ -31,6 +38,17 @@ from ood_bench.errors import UserError
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
+PASS_ROWS: dict[str, dict[str, int]] = {
+    # CPU: larger vae / hvae passes run slower per row (cache misses); the regret sizes bound memory.
+    "cpu": {"vae": 512, "hvae": 256, "regret_iwae": 1024, "regret_encoders": 32},
+    # Sized for memory, not tuned on a GPU: one 28x28 feature map of the paper profile's 64-channel hvae is
+    # 0.8 GB at 4096 rows in float32; the regret encoders hold one encoder copy per example.
+    "cuda": {"vae": 16384, "hvae": 4096, "regret_iwae": 16384, "regret_encoders": 512},
+}
+"""Rows per forward pass by device type and pass: ``vae`` / ``hvae`` (a backbone's bound), ``regret_iwae``
+(likelihood regret's IWAE passes) and ``regret_encoders`` (examples whose encoder copies are optimised
+together)."""
+
 
 @dataclass(frozen=True)
 class Compute:
@@ -46,9 +64,10 @@ class Compute:
         return torch.device(self.device).type
 
     def key_fields(self) -> dict[str, Any]:
-        """What checkpoint and score keys record: device type, precision, determinism, and the thread count on
-        CPU (not which GPU)."""
-        fields = {"device": self.device_type, "precision": self.precision, "deterministic": self.deterministic}
+        """What checkpoint and score keys record: device type, precision, determinism, the device's pass sizes,
+        and the thread count on CPU (not which GPU)."""
+        fields = {"device": self.device_type, "precision": self.precision, "deterministic": self.deterministic,
+                  "pass_rows": PASS_ROWS[self.device_type]}
         if self.device_type == "cpu":
             fields["threads"] = self.threads
         return fields
@@ -78,6 +97,21 @@ class Compute:
             return
         with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16):
             yield
+
+
+def pass_rows(device: torch.device | str, what: str) -> int:
+    """The most rows one ``what`` pass (a key of the :data:`PASS_ROWS` tables) holds on ``device`` (a device
+    type without a table, e.g. a model moved to ``mps`` through the API, gets the CPU's smaller passes)."""
+    return PASS_ROWS.get(torch.device(device).type, PASS_ROWS["cpu"])[what]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` (on the CPU) on ``device``. To a GPU the copy goes from pinned memory and does not block the
+    host, so noise drawn on the CPU for the next pass overlaps the GPU's work on this one; same bits."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def resolve_compute(device: str = "cpu", precision: str = "fp32", threads: int | None = None) -> Compute:

@@ -31,16 +31,13 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
+from ood_bench.compute import pass_rows, to_device
 from ood_bench.detectors.base import Batch, Detector
 from ood_bench.models.base import frozen
 from ood_bench.models.vae import ConvVAE
 from ood_bench.numerics import log_mean_exp, stacked_normal
 from ood_bench.params import NonNegativeInt, NonNegativeNumber, PositiveInt, PositiveNumber, checked
 
-ENCODER_CHUNK = 32
-"""Examples optimised together in ``encoder`` mode (bounds memory: each holds a copy of the encoder)."""
-IWAE_ROWS = 1024
-"""Decoder rows per pass of the IWAE estimate."""
 BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -79,7 +76,7 @@ def iwae_at(model: ConvVAE, x: torch.Tensor, mean: torch.Tensor, logvar: torch.T
             noise: torch.Tensor) -> torch.Tensor:
     """IWAE bound (nats, float64) of each example under given posterior parameters; noise (S, B, d)."""
     samples, rows = noise.shape[0], x.shape[0]
-    per_pass = max(1, IWAE_ROWS // rows)
+    per_pass = max(1, pass_rows(x.device, "regret_iwae") // rows)
     weights = []
     for s in range(0, samples, per_pass):
         eps = noise[s : s + per_pass]
@@ -110,9 +107,10 @@ def optimise_posterior(
         return params["mean"], params["logvar"]
 
     means, logvars = [], []
-    for start in range(0, x.shape[0], ENCODER_CHUNK):
-        m, lv = _optimise_encoder(model, x[start : start + ENCODER_CHUNK],
-                                  step_noise[:, start : start + ENCODER_CHUNK], lr, weight_decay)
+    chunk = pass_rows(x.device, "regret_encoders")  # each example holds a copy of the encoder
+    for start in range(0, x.shape[0], chunk):
+        m, lv = _optimise_encoder(model, x[start : start + chunk], step_noise[:, start : start + chunk], lr,
+                                  weight_decay)
         means.append(m)
         logvars.append(lv)
     return torch.cat(means), torch.cat(logvars)
@@ -227,7 +225,7 @@ class LikelihoodRegret(Detector):
         model = self.backbone_
         dtype = next(model.parameters()).dtype
         x = self._model_input(batch).to(dtype)
-        step_noise, iwae_noise = (n.to(x.device, dtype) for n in self.noise(batch))
+        step_noise, iwae_noise = (to_device(n.to(dtype), x.device) for n in self.noise(batch))
         with frozen(model.parameters()), torch.no_grad():  # the decoder is fixed: no weight gradients
             before = iwae_at(model, x, *model.posterior(x), iwae_noise)
             mean, logvar = optimise_posterior(model, x, step_noise, self.target, self.lr, self.weight_decay)

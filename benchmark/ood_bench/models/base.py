@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ood_bench.compute import to_device
+
 
 @dataclass
 class BoundTerms:
@@ -146,6 +148,6 @@ class Backbone(nn.Module, abc.ABC):
             torch.stack([torch.randn(total, generator=g) for _ in range(n_samples)]) for g in generators
         ]
         flat = torch.stack(per_example, dim=1).reshape(n_samples * len(generators), total)
-        flat = flat.to(self.device)
+        flat = to_device(flat, self.device)
         parts = flat.split(sizes, dim=1)
         return [part.reshape(-1, *shape) for part, shape in zip(parts, shapes, strict=True)]

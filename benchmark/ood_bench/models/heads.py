@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ood_bench.compute import to_device
 from ood_bench.numerics import stacked_uniform
 
 BIN_HALF_WIDTH = 1.0 / 255.0  # half the distance between neighbouring levels in [-1, 1]
@@ -213,5 +214,5 @@ def head_input(
     else:
         if len(generators) != images.shape[0]:
             raise ValueError(f"{len(generators)} generators for {images.shape[0]} images")
-        u = stacked_uniform(generators, tuple(input_shape)).to(images.device)
+        u = to_device(stacked_uniform(generators, tuple(input_shape)), images.device)
     return (u < images.float() / 255.0).float()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ood_bench.compute import pass_rows
 from ood_bench.models import gaussian
 from ood_bench.models.base import Backbone, BoundTerms
 from ood_bench.models.heads import head_input, make_head
@@ -42,8 +43,6 @@ from ood_bench.models.hvae_blocks import (
 )
 from ood_bench.models.hvae_config import INFORMATIVE_PRIORS, HVAEConfig, default_latents
 from ood_bench.params import config_from_params
-
-CPU_ROWS_PER_PASS = 256
 
 
 class HierarchicalVAE(Backbone):
@@ -250,13 +249,9 @@ class HierarchicalVAE(Backbone):
         return self.head.log_prob(params, target), layers
 
     def bound(self, x: torch.Tensor, noise: list[torch.Tensor], k: int = 0) -> BoundTerms:
-        rows = x.shape[0]
-        if x.device.type == "cpu" and rows > CPU_ROWS_PER_PASS:
-            # Large CPU batches run slower per row (cache misses); the result is the same row by row.
-            parts = [
-                self.bound(x[i : i + CPU_ROWS_PER_PASS], [n[i : i + CPU_ROWS_PER_PASS] for n in noise], k)
-                for i in range(0, rows, CPU_ROWS_PER_PASS)
-            ]
+        rows, limit = x.shape[0], pass_rows(x.device, "hvae")
+        if rows > limit:
+            parts = [self.bound(x[i : i + limit], [n[i : i + limit] for n in noise], k) for i in range(0, rows, limit)]
             return BoundTerms(
                 log_px=torch.cat([p.log_px for p in parts]),
                 kl=[torch.cat([p.kl[l] for p in parts]) for l in range(self.num_latent_layers)],

@@ -26,13 +26,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ood_bench.compute import pass_rows
 from ood_bench.models import gaussian, objectives
 from ood_bench.models.base import Backbone, BoundTerms
 from ood_bench.models.heads import head_input, make_head
 from ood_bench.models.layers import FeatureMapLinear, UpConv2d, chain_channels_last
 from ood_bench.params import STRICT, NonNegativeInt, PositiveInt, config_from_params
-
-CPU_ROWS_PER_PASS = 512
 
 
 @dataclass
@@ -221,10 +220,9 @@ class ConvVAE(Backbone):
             raise ValueError(f"the vae has one latent layer, so only k = 0 is defined, got k = {k}")
         if len(noise) != 1:
             raise ValueError(f"expected noise for 1 layer, got {len(noise)}")
-        rows = x.shape[0]
-        if x.device.type == "cpu" and rows > CPU_ROWS_PER_PASS:
-            parts = [self.bound(x[i : i + CPU_ROWS_PER_PASS], [noise[0][i : i + CPU_ROWS_PER_PASS]])
-                     for i in range(0, rows, CPU_ROWS_PER_PASS)]
+        rows, limit = x.shape[0], pass_rows(x.device, "vae")
+        if rows > limit:
+            parts = [self.bound(x[i : i + limit], [noise[0][i : i + limit]]) for i in range(0, rows, limit)]
             return BoundTerms(log_px=torch.cat([p.log_px for p in parts]),
                               kl=[torch.cat([p.kl[0] for p in parts])])
         mean, logvar = self.posterior(x)
