@@ -20,6 +20,9 @@ also appears in the base suite has the same checkpoint key and is loaded, not re
 * ``OUT_DIR/fmnist-rose-ablations.yaml``, the base suite's seeds at ``--rose-profile`` (default cpu-3seeds): ROSE
   on the 8-bit VAE at n_fit in {1000, 5000} x latent size d in {16, 100} (seed 003's d), both preconditioners,
   to tell Fisher-estimate noise and encoder size from training budget.
+* ``OUT_DIR/fmnist-rose-heads.yaml``, the same seeds: ROSE (both preconditioners, n_fit 1000) and the NLL on
+  the 8-bit VAE with the reference's 256-way categorical head at d in {16, 100}, next to the suite's
+  5-component DLM head, to tell the head from the budget.
 """
 
 from __future__ import annotations
@@ -124,6 +127,32 @@ def rose_ablations(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
     return suite
 
 
+ROSE_HEADS_D = (16, 100)
+
+
+def rose_heads(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """ROSE and the NLL on the 8-bit VAE with the categorical head at each d of ``ROSE_HEADS_D``."""
+    suite = restrict(raw, ["rose", "rose_diag", "vae_likelihood"], f"{raw['name']}-rose-heads")
+    if profile:
+        suite["seeds"] = raw["profiles"][profile].get("seeds", suite["seeds"])
+    base = suite["backbones"]["vae8"]
+    for d in ROSE_HEADS_D:
+        name = f"vae8-categorical-d{d}"
+        params = {k: v for k, v in base["params"].items() if k != "dlm_components"}
+        suite["backbones"][name] = {**copy.deepcopy(base), "params": {**params, "likelihood": "categorical",
+                                                                       "latent_dim": d}}
+        for preconditioner in ("ekfac", "diag"):
+            suite["detectors"][f"rose-{preconditioner}-categorical-d{d}"] = {
+                "detector": "rose", "backbone": name, "params": {"preconditioner": preconditioner, "n_fit": 1000}}
+        suite["detectors"][f"nll-categorical-d{d}"] = {**suite["detectors"]["vae_likelihood"],
+                                                       "detector": "likelihood", "backbone": name}
+    for label in suite["detectors"].values():
+        label.pop("paper", None)
+    suite.pop("references", None)
+    suite["profiles"] = {}
+    return suite
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
@@ -135,7 +164,8 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, suite in (("fmnist-bpvae-sweep.yaml", bpvae_sweep(raw, args.sweep_epochs)),
                         ("fmnist-ablations.yaml", ablations(raw)),
-                        ("fmnist-rose-ablations.yaml", rose_ablations(raw, args.rose_profile))):
+                        ("fmnist-rose-ablations.yaml", rose_ablations(raw, args.rose_profile)),
+                        ("fmnist-rose-heads.yaml", rose_heads(raw, args.rose_profile))):
         (args.out_dir / name).write_text(yaml.safe_dump(suite, sort_keys=False))
         print(args.out_dir / name)
 
