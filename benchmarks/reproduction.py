@@ -199,6 +199,7 @@ def main() -> None:
     parser.add_argument("--ablations", type=Path)
     parser.add_argument("--sweep", type=Path)
     parser.add_argument("--rose", type=Path, help="the ROSE ablation run (n_fit x d x preconditioner, three seeds)")
+    parser.add_argument("--heads", type=Path, help="the ROSE-heads run (ROSE on the categorical-head 8-bit VAE)")
     parser.add_argument("--replace", type=Path, nargs="*", default=[],
                         help="runs of a subset of the main suite whose detectors' rows replace the main run's")
     parser.add_argument("--out", type=Path, default=Path("docs/reproduction.md"))
@@ -232,6 +233,8 @@ def main() -> None:
         out.append(f"- BPVAE sweep: {run_header(args.sweep)}")
     if args.rose:
         out.append(f"- ROSE ablation: {run_header(args.rose)}")
+    if args.heads:
+        out.append(f"- ROSE heads: {run_header(args.heads)}")
     out += ["", notes.get("commands", ""), "", "## Every seed-table row we reach", "",
             "Mean ± sample standard deviation over the seeds (AUROC, OOD positive). "
             + " ".join(marks.NOTES.values()), "",
@@ -284,6 +287,8 @@ def main() -> None:
     if args.rose:
         out += ["", "### ROSE on the 8-bit VAE: fit size, latent size, preconditioner (three seeds)", "",
                 notes.get("rose", ""), "", rose_table(leaderboard(args.rose))]
+    if args.heads:
+        out += ["", HEADS_TITLE, "", notes.get("heads", ""), "", heads_table(leaderboard(args.heads), main_board)]
     plan = json.loads((args.main_run / "run.json").read_text())
     out += ["", "## Backbones of the main run", "", backbones(plan).to_markdown(index=False), "",
             notes.get("budget", ""), ""]
@@ -309,6 +314,23 @@ def rose_table(board: pd.DataFrame) -> str:
     label = {False: "EKFAC", True: "DIAG"}
     return wide_table(board, [(f"{label[diag]}, d = {d}, n_fit = {n}", name, "rose") for diag, d, n, name in keyed],
                       sets)
+
+
+HEADS_TITLE = "### ROSE on the 8-bit VAE: the reference's categorical head vs the cpu profile's DLM head"
+HEAD_NAME = re.compile(r"rose-(ekfac|diag)-categorical-d(\d+)")
+
+
+def heads_table(board: pd.DataFrame, main: pd.DataFrame | None = None) -> str:
+    """The fmnist-rose-heads run's ROSE rows (categorical head), under the main run's DLM-head ROSE rows."""
+    sets = ["mnist", "notmnist", "omniglot", "cifar10-gray", "uniform-noise", "constant", "fashionmnist-train (sanity)"]
+    rows = [] if main is None else [("DLM (5 components), EKFAC", "rose", "rose"),
+                                    ("DLM (5 components), DIAG", "rose_diag", "rose")]
+    table = wide_table(main, rows, sets).splitlines() if rows else []
+    found = sorted((m[1] != "ekfac", int(m[2]), d) for d in board["detector"].unique()
+                   if (m := HEAD_NAME.fullmatch(d)))
+    cat = wide_table(board, [(f"categorical, {'DIAG' if diag else 'EKFAC'}, d = {d}", name, "rose")
+                             for diag, d, name in found], sets).splitlines()
+    return "\n".join(table + cat[len(table) and 2:])
 
 
 def _sections(text: str) -> dict[str, str]:

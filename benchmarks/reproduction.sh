@@ -16,7 +16,9 @@ gen="$root/suites"
     --detectors rose rose_diag rose_bernoulli rose_diag_bernoulli > "$gen/fmnist-rose.yaml"
 .venv/bin/ood-bench run "$gen/fmnist-rose.yaml" --profile cpu-3seeds --results "$root"
 .venv/bin/ood-bench run "$gen/fmnist-rose-ablations.yaml" --results "$root"
+.venv/bin/ood-bench run "$gen/fmnist-rose-heads.yaml" --results "$root"
 cd benchmarks
 ../.venv/bin/python reproduction.py "$root/fmnist" --ablations "$root/fmnist-ablations" \
-    --sweep "$root/fmnist-bpvae-sweep" --rose "$root/fmnist-rose-ablations" --replace "$root/fmnist-rose" \
-    --out ../docs/reproduction.md
+    --sweep "$root/fmnist-bpvae-sweep" --rose "$root/fmnist-rose-ablations" --heads "$root/fmnist-rose-heads" \
+    --replace "$root/fmnist-rose" --out ../docs/reproduction.md
+../.venv/bin/python rose_heads_doc.py "$root/fmnist-rose-heads" --main "$root/fmnist" --out ../docs/rose-heads.md
