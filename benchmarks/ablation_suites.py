@@ -14,9 +14,7 @@ also appears in the base suite has the same checkpoint key and is loaded, not re
     priors change);
   - the informative HVAE at seed 000's lambda = 1 next to the suite's lambda = 0.3, and llr_ada with the
     IWAE-gap k = 0 term on both;
-  - input complexity with the reference code's nats - bits mix (``units: reference_mix``) on the 8-bit VAE;
-  - the 8-bit VAE with the paper's 256-way categorical head (``likelihood: categorical``) instead of the cpu
-    profile's 5-component DLM, scored by the NLL and ROSE.
+  - input complexity with the reference code's nats - bits mix (``units: reference_mix``) on the 8-bit VAE.
 * ``OUT_DIR/fmnist-rose-ablations.yaml``, the base suite's seeds at ``--rose-profile`` (default cpu-3seeds): ROSE
   on the 8-bit VAE at n_fit in {1000, 5000} x latent size d in {16, 100} (seed 003's d), both preconditioners,
   to tell Fisher-estimate noise and encoder size from training budget.
@@ -94,12 +92,6 @@ def ablations(raw: dict[str, Any]) -> dict[str, Any]:
     ic = detectors["input_complexity"]
     detectors["input_complexity_reference_mix"] = {**ic, "detector": "input_complexity",
                                                    "params": {**ic["params"], "units": "reference_mix"}}
-    categorical = copy.deepcopy(backbones["vae8"])
-    categorical["params"] = {k: v for k, v in categorical["params"].items() if k != "dlm_components"}
-    categorical["params"]["likelihood"] = "categorical"
-    backbones["vae8-categorical"] = categorical
-    detectors["vae_likelihood_categorical"] = {**raw["detectors"]["vae_likelihood"], "backbone": "vae8-categorical"}
-    detectors["rose_categorical"] = {**raw["detectors"]["rose"], "detector": "rose", "backbone": "vae8-categorical"}
     suite["profiles"] = {}
     return suite
 
