@@ -18,9 +18,9 @@ also appears in the base suite has the same checkpoint key and is loaded, not re
 * ``OUT_DIR/fmnist-rose-ablations.yaml``, the base suite's seeds at ``--rose-profile`` (default cpu-3seeds): ROSE
   on the 8-bit VAE at n_fit in {1000, 5000} x latent size d in {16, 100} (seed 003's d), both preconditioners,
   to tell Fisher-estimate noise and encoder size from training budget.
-* ``OUT_DIR/fmnist-rose-heads.yaml``, the same seeds: ROSE (both preconditioners, n_fit 1000) on the 8-bit VAE
-  with the reference's 256-way categorical head instead of the suite's 5-component DLM head, same network and
-  budget, to tell the head from the budget.
+* ``OUT_DIR/fmnist-rose-heads.yaml``, the same seeds: ROSE (both preconditioners, n_fit 1000) and the NLL
+  (IWAE, S = 16) on the 8-bit VAE with the reference's 256-way categorical head instead of the suite's
+  5-component DLM head, same network and budget, to tell the head from the budget.
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ def rose_ablations(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
 
 
 def rose_heads(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
-    """ROSE (both preconditioners) on the 8-bit VAE with the reference's categorical head, at ``profile``'s
-    seeds; the same network, budget, fit set and examples as the suite's DLM-head ROSE rows."""
-    suite = restrict(raw, ["rose", "rose_diag"], f"{raw['name']}-rose-heads")
+    """ROSE (both preconditioners) and the NLL on the 8-bit VAE with the reference's categorical head, at
+    ``profile``'s seeds; the same network, budget, fit set and examples as the suite's DLM-head rows."""
+    suite = restrict(raw, ["rose", "rose_diag", "vae_likelihood"], f"{raw['name']}-rose-heads")
     if profile:
         suite["seeds"] = raw["profiles"][profile].get("seeds", suite["seeds"])
     base = suite["backbones"].pop("vae8")
@@ -130,9 +130,12 @@ def rose_heads(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
     name = f"vae8-categorical-d{d}"
     params = {k: v for k, v in base["params"].items() if k != "dlm_components"}
     suite["backbones"][name] = {**copy.deepcopy(base), "params": {**params, "likelihood": "categorical"}}
+    nll = suite["detectors"]["vae_likelihood"]
     suite["detectors"] = {f"rose-{p}-categorical-d{d}": {"detector": "rose", "backbone": name,
                                                          "params": {"preconditioner": p, "n_fit": 1000}}
                           for p in ("ekfac", "diag")}
+    suite["detectors"][f"nll-categorical-d{d}"] = {"detector": "likelihood", "backbone": name,
+                                                   "params": dict(nll["params"])}
     suite.pop("references", None)
     suite["profiles"] = {}
     return suite

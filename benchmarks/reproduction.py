@@ -316,20 +316,22 @@ def rose_table(board: pd.DataFrame) -> str:
                       sets)
 
 
-HEADS_TITLE = "### ROSE on the 8-bit VAE: the reference's categorical head vs the cpu profile's DLM head"
-HEAD_NAME = re.compile(r"rose-(ekfac|diag)-categorical-d(\d+)")
+HEADS_TITLE = "### ROSE and the NLL on the 8-bit VAE: the reference's categorical head vs the cpu profile's DLM head"
+HEAD_NAME = re.compile(r"(rose-ekfac|rose-diag|nll)-categorical-d(\d+)")
 
 
 def heads_table(board: pd.DataFrame, main: pd.DataFrame | None = None) -> str:
-    """The fmnist-rose-heads run's ROSE rows (categorical head), under the main run's DLM-head ROSE rows."""
+    """The fmnist-rose-heads run's rows (categorical head), under the main run's DLM-head rows."""
     sets = ["mnist", "notmnist", "omniglot", "cifar10-gray", "uniform-noise", "constant", "fashionmnist-train (sanity)"]
-    rows = [] if main is None else [("DLM (5 components), EKFAC", "rose", "rose"),
-                                    ("DLM (5 components), DIAG", "rose_diag", "rose")]
+    rows = [] if main is None else [("DLM (5 components), ROSE EKFAC", "rose", "rose"),
+                                    ("DLM (5 components), ROSE DIAG", "rose_diag", "rose"),
+                                    ("DLM (5 components), NLL", "vae_likelihood", "iwae_bpd")]
     table = wide_table(main, rows, sets).splitlines() if rows else []
-    found = sorted((m[1] != "ekfac", int(m[2]), d) for d in board["detector"].unique()
+    what = {"rose-ekfac": ("ROSE EKFAC", "rose"), "rose-diag": ("ROSE DIAG", "rose"), "nll": ("NLL", "iwae_bpd")}
+    found = sorted((list(what).index(m[1]), int(m[2]), d) for d in board["detector"].unique()
                    if (m := HEAD_NAME.fullmatch(d)))
-    cat = wide_table(board, [(f"categorical, {'DIAG' if diag else 'EKFAC'}, d = {d}", name, "rose")
-                             for diag, d, name in found], sets).splitlines()
+    cat = wide_table(board, [(f"categorical, {what[list(what)[kind]][0]}, d = {d}", name, what[list(what)[kind]][1])
+                             for kind, d, name in found], sets).splitlines()
     return "\n".join(table + cat[len(table) and 2:])
 
 

@@ -20,6 +20,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("heads_run", type=Path)
     parser.add_argument("--main", type=Path)
+    parser.add_argument("--scored-by", type=Path, nargs="*", default=[],
+                        help="runs of part of the suite whose scores were merged into HEADS_RUN's cache")
     parser.add_argument("--out", type=Path, default=Path("docs/rose-heads.md"))
     parser.add_argument("--notes", type=Path, default=Path(__file__).parent / "reproduction_notes.md")
     args = parser.parse_args()
@@ -30,9 +32,11 @@ def main() -> None:
            f"- Run: {run_header(args.heads_run)}"]
     seconds = {s: v for s, v in per_seed_seconds(args.heads_run).items() if v >= 1}
     if seconds:
-        out.append("- Seconds per seed computed by that run (the categorical backbone's training + both ROSE rows; "
-                   "a seed absent here was cached by an earlier run): "
+        out.append("- Seconds per seed computed by that run (training and scoring; a seed absent here was cached "
+                   "by an earlier run): "
                    + ", ".join(f"seed {s}: {v:.0f} s ({v / 60:.1f} min)" for s, v in sorted(seconds.items())) + ".")
+    for run in args.scored_by:
+        out.append(f"- Scored by: {run_header(run)}")
     if args.main:
         out.append(f"- DLM rows: {run_header(args.main)}")
     out += ["", notes.get("heads_commands", ""), "", notes.get("heads", ""), "",
