@@ -158,9 +158,15 @@ def wide_table(board: pd.DataFrame, rows: list[tuple[str, str, str]], sets: list
     return "\n".join(lines)
 
 
+def read_record(run_dir: Path) -> dict:
+    """A run's run.json, or the record.json that ``keep_run.py`` keeps of it (the same fields, no paths)."""
+    path = run_dir / "run.json"
+    return json.loads((path if path.exists() else run_dir / "record.json").read_text())
+
+
 def run_header(run_dir: Path) -> str:
     """Command, machine, commit and wall time of a run, from its run.json."""
-    plan = json.loads((run_dir / "run.json").read_text())
+    plan = read_record(run_dir)
     prov = plan["provenance"]
     history = plan.get("history") or []
     first = history[0] if history else {"wall_s": prov["wall_s"]["total"], "date": prov["date"],
@@ -180,7 +186,7 @@ def run_header(run_dir: Path) -> str:
 
 def per_seed_seconds(run_dir: Path) -> dict[int, float]:
     """Wall seconds of each seed's backbone trainings and scorings in the first run (data loading apart)."""
-    plan = json.loads((run_dir / "run.json").read_text())
+    plan = read_record(run_dir)
     parts = (plan.get("history") or [{}])[0].get("wall_s_parts", {})
     seeds = list(plan["seeds"])
     seconds = dict.fromkeys(seeds, 0.0)

@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reproduction import HEADS_TITLE, _sections, heads_table, leaderboard, per_seed_seconds, run_header
+from reproduction import HEADS_TITLE, _sections, heads_table, leaderboard, per_seed_seconds, read_record, run_header
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("heads_run", type=Path)
     parser.add_argument("--main", type=Path)
+    parser.add_argument("--cost", type=Path, help="a one-seed run of suites/fmnist.yaml whose DLM ROSE rows' seconds "
+                                                     "are shown next to the categorical backbone's")
     parser.add_argument("--scored-by", type=Path, nargs="*", default=[],
                         help="runs of part of the suite whose scores were merged into HEADS_RUN's cache")
     parser.add_argument("--out", type=Path, default=Path("docs/rose-heads.md"))
@@ -39,6 +41,11 @@ def main() -> None:
         out.append(f"- Scored by: {run_header(run)}")
     if args.main:
         out.append(f"- DLM rows: {run_header(args.main)}")
+    if args.cost:
+        parts = read_record(args.cost)["history"][0]["wall_s_parts"]
+        rows = ", ".join(f"`{d}` {parts[f'score {d} seed 0']:.0f} s" for d in ("rose", "rose_diag"))
+        out.append(f"- Cost of the DLM head's ROSE rows in the one-seed cpu run of suites/fmnist.yaml: {rows} of "
+                   f"{parts['total']:.0f} s in all ({run_header(args.cost)})")
     out += ["", notes.get("heads_commands", ""), "", notes.get("heads", ""), "",
             heads_table(leaderboard(args.heads_run), leaderboard(args.main) if args.main else None), ""]
     args.out.write_text("\n".join(out).replace("\n\n\n", "\n\n"))

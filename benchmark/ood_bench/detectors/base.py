@@ -19,15 +19,6 @@ from ood_bench.errors import UserError
 from ood_bench.numerics import example_generators
 
 
-def whole_number(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` if it is an integer >= ``minimum``, else a ValueError naming the parameter (bools, floats and
-    strings are refused rather than silently truncated)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return value
-
-
 def hierarchy_problem(backbone: Any) -> str | None:
     """Why ``backbone`` cannot serve the L^{>k} family (it needs k >= 1, so two or more latent layers)."""
     layers = getattr(backbone, "num_latent_layers", 1)
