@@ -101,8 +101,8 @@ ROSE_D = (16, 100)
 
 
 def rose_ablations(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
-    """ROSE on the 8-bit VAE over n_fit x d x preconditioner, at the seeds of ``profile``."""
-    suite = restrict(raw, ["rose"], f"{raw['name']}-rose-ablations")
+    """ROSE on the DLM-head 8-bit VAE over n_fit x d x preconditioner, at the seeds of ``profile``."""
+    suite = restrict(raw, ["vae_likelihood"], f"{raw['name']}-rose-ablations")  # keeps the DLM-head vae8
     if profile:
         suite["seeds"] = raw["profiles"][profile].get("seeds", suite["seeds"])
     base = suite["backbones"]["vae8"]
@@ -121,8 +121,8 @@ def rose_ablations(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
 
 def rose_heads(raw: dict[str, Any], profile: str | None) -> dict[str, Any]:
     """ROSE (both preconditioners) and the NLL on the 8-bit VAE with the reference's categorical head, at
-    ``profile``'s seeds; the same network, budget, fit set and examples as the suite's DLM-head rows."""
-    suite = restrict(raw, ["rose", "rose_diag", "vae_likelihood"], f"{raw['name']}-rose-heads")
+    ``profile``'s seeds; the same network, budget (4 epochs), fit set and examples as the DLM-head vae8."""
+    suite = restrict(raw, ["vae_likelihood"], f"{raw['name']}-rose-heads")
     if profile:
         suite["seeds"] = raw["profiles"][profile].get("seeds", suite["seeds"])
     base = suite["backbones"].pop("vae8")

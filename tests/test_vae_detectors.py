@@ -185,6 +185,10 @@ def test_rose_scores_are_finite_batch_size_invariant_and_normalised(precondition
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-6)
 
 
+def _full(r):
+    return r.full() if isinstance(r, rose.RankOne) else r
+
+
 def test_ekfac_with_identity_eigenbases_is_the_diagonal_fisher():
     # In the identity Kronecker basis the rotated gradients are the gradients and the EKFAC re-estimated
     # diagonal is E[G^2], i.e. DIAG.
@@ -201,7 +205,7 @@ def test_ekfac_with_identity_eigenbases_is_the_diagonal_fisher():
     grads = rose.per_example_gradients(model, x)
     identity = ekfac._rotated_gradients(stats, model, x)
     for name in stats["layers"]:
-        torch.testing.assert_close(identity[name], grads[name].double(), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(_full(identity[name]), grads[name].double(), rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(ekfac._layer_scores(stats, identity),
                                diag._layer_scores(diag.stats_, diag._rotated_gradients(diag.stats_, model, x)))
     # The real eigenbases are orthonormal, so a rotation keeps each gradient's norm, and it equals
@@ -209,10 +213,45 @@ def test_ekfac_with_identity_eigenbases_is_the_diagonal_fisher():
     rotated = ekfac._rotated_gradients(ekfac.stats_, model, x)
     for name in stats["layers"]:
         g = grads[name].double()
-        torch.testing.assert_close(rotated[name].flatten(1).norm(dim=1), g.flatten(1).norm(dim=1),
+        torch.testing.assert_close(_full(rotated[name]).flatten(1).norm(dim=1), g.flatten(1).norm(dim=1),
                                    rtol=1e-4, atol=1e-7)
         direct = ekfac.stats_[f"{name}.UB"].T @ g @ ekfac.stats_[f"{name}.UA"]
-        torch.testing.assert_close(rotated[name], direct, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(_full(rotated[name]), direct, rtol=1e-3, atol=1e-6)
+
+
+def test_dense_layer_factors_give_the_scores_of_the_full_gradients():
+    # A dense layer's rotated gradient is kept as its rank-one factors; its squared sums and weighted norms
+    # must equal those of the (B, out, in) gradients they stand for.
+    gen = torch.Generator().manual_seed(0)
+    r = rose.RankOne(torch.randn(5, 3, generator=gen, dtype=torch.float64),
+                     torch.randn(5, 7, generator=gen, dtype=torch.float64))
+    g = torch.einsum("bo,bi->boi", r.d, r.a)
+    w = torch.rand(3, 7, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(rose.summed_squares(r), rose.summed_squares(g))
+    torch.testing.assert_close(rose.weighted_squares(r, w), rose.weighted_squares(g, w))
+    torch.testing.assert_close(rose.weighted_squares(g, w), (g**2 * w).sum((1, 2)))
+
+
+def test_rose_preconditioners_share_a_batch_backward_pass_without_changing_scores(monkeypatch):
+    model, fit = _model(), _fit_set()
+    ekfac = rose.Rose(preconditioner="ekfac", n_fit=50).fit(model, fit)
+    diag = rose.Rose(preconditioner="diag", n_fit=50).fit(model, fit)
+    images = _images(8, (1, 12, 12))
+    alone = {}
+    for det in (ekfac, diag):
+        rose._SHARED.clear()
+        alone[det.preconditioner] = det.score(_batch(images, np.arange(8)))["rose"]
+    calls = []
+    real = rose.layer_activations
+    monkeypatch.setattr(rose, "layer_activations", lambda m, x: calls.append(len(x)) or real(m, x))
+    rose._SHARED.clear()
+    together = {det.preconditioner: det.score(_batch(images, np.arange(8)))["rose"] for det in (ekfac, diag)}
+    assert calls == [8]  # one backward pass for both preconditioners
+    for name, values in alone.items():
+        np.testing.assert_array_equal(together[name], values)
+    diag.score(_batch(images, np.arange(4)))  # other examples: computed, not reused
+    diag.score(_batch(images, np.arange(8), seed=1))  # another seed (another binarisation draw): computed
+    assert calls == [8, 4, 8]
 
 
 def test_rose_fit_is_cached_on_disk(tmp_path, monkeypatch):

@@ -19,7 +19,8 @@ aggregated by ``max`` (the reference code), or by the paper's ``||ReLU(s_hat + b
 (``aggregation="relu_pnorm"``, ``p=None`` meaning infinity). Higher = more OOD. Reference values:
 FashionMNIST -> MNIST AUROC 0.995 with EKFAC, 0.971 with DIAG (seed 003 Tables 2 and 6).
 
-Per-example gradients come from one backward pass of the summed loss per batch (no loop): a forward hook
+Per-example gradients come from one backward pass of the summed loss per batch (no loop), shared by the ROSE
+detectors that score the same batch on the same weights (EKFAC and DIAG): a forward hook
 keeps each layer's input A and the pass gives each output gradient D, per example and location, so
 G = D^T A exactly (nothing couples examples). ``per_example_gradients`` (``torch.func.vmap(grad(...))``) and
 ``per_example_gradients_loop`` compute G directly; the tests hold the three equal. The fitted statistics are cached in
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -163,6 +165,52 @@ def kronecker_factors(model: ConvVAE, x: torch.Tensor) -> dict[str, tuple[torch.
     return stats
 
 
+
+@dataclass(frozen=True)
+class RankOne:
+    """Per-example outer products ``d_b a_b^T`` (float64) kept as their factors: a dense layer's (rotated)
+    gradient, whose squared entries are ``d^2 (a^2)^T`` again of rank one."""
+
+    d: torch.Tensor
+    """(B, out)"""
+    a: torch.Tensor
+    """(B, in + 1)"""
+
+    def full(self) -> torch.Tensor:
+        """The (B, out, in + 1) gradients themselves (tests, small layers)."""
+        return self.d.unsqueeze(2) * self.a.unsqueeze(1)
+
+
+def summed_squares(r: torch.Tensor | RankOne) -> torch.Tensor:
+    """Sum over examples of the squared gradient entries, (out, in*k*k + 1)."""
+    if isinstance(r, RankOne):
+        return (r.d**2).T @ (r.a**2)
+    return (r**2).sum(0)
+
+
+def weighted_squares(r: torch.Tensor | RankOne, weights: torch.Tensor) -> torch.Tensor:
+    """Per example, ``sum(weights * G^2)`` over the gradient entries, (B,)."""
+    if isinstance(r, RankOne):
+        return ((r.d**2) @ weights * r.a**2).sum(1)
+    return (r**2 * weights).flatten(1).sum(1)
+
+
+_SHARED: dict[str, Any] = {}
+"""The last batch's layer activations (one entry): ROSE detectors that score the same batch on the same
+backbone weights one after another (EKFAC and DIAG in one run) compute the backward pass once."""
+
+
+def shared_activations(model: ConvVAE, weights_key: str, batch: Batch,
+                       x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`layer_activations` of ``x`` (the prepared ``batch``), reused when the previous call had the same
+    weights digest, example set, seed and indices (hence the same prepared input and the same values)."""
+    key = (weights_key, batch.set_fingerprint, batch.seed, batch.indices.tobytes(), str(x.device), x.dtype)
+    if _SHARED.get("key") != key:
+        _SHARED.clear()
+        _SHARED.update(key=key, value=layer_activations(model, x))
+    return _SHARED["value"]
+
+
 class Rose(Detector):
     """Max (or ReLU p-norm) of z-normalised Fisher-preconditioned encoder gradient norms (spec §7).
 
@@ -183,7 +231,9 @@ class Rose(Detector):
     """
 
     name = "rose"
-    version = "4"
+    version = "5"
+    """5: dense layers' gradients scored from their rank-one factors (the same scores up to float rounding,
+    ~3.5x faster with the categorical head); 4: fit set disjoint from the sanity set."""
     fit_is_costly = True
 
     @classmethod
@@ -207,7 +257,8 @@ class Rose(Detector):
         self.check_backbone(backbone)
         model = self.backbone_ = backbone
         fit_set = subset(id_train, self.n_fit, FIT_SEED)
-        key = digest("rose-fit", self.version, weights_digest(model), fit_set.fingerprint,
+        self.weights_key_ = weights_digest(model)
+        key = digest("rose-fit", self.version, self.weights_key_, fit_set.fingerprint,
                      {"preconditioner": self.preconditioner, "n_fit": self.n_fit, "diag_sqrt": self.diag_sqrt})
         path = self.fit_cache_dir / f"rose-{key[:32]}.pt" if self.fit_cache_dir else None
         stats = _MEMORY.get(key)
@@ -253,7 +304,7 @@ class Rose(Detector):
         second: dict[str, torch.Tensor] = {}
         for xb in chunks:
             for n, r in self._rotated_gradients(stats, model, xb).items():
-                sq = (r**2).sum(0)
+                sq = summed_squares(r)
                 second[n] = second[n] + sq if n in second else sq
         for n, total in second.items():
             stats[f"{n}.sigma"] = total / len(idx)
@@ -265,41 +316,47 @@ class Rose(Detector):
         return stats
 
     # ---------------------------------------------------------------------------------- scores
-    def _rotated_gradients(self, stats: dict[str, Any], model: ConvVAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _rotated_gradients(self, stats: dict[str, Any], model: ConvVAE, x: torch.Tensor,
+                           activations: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                           ) -> dict[str, torch.Tensor | RankOne]:
         """Per layer, every example's gradient G in the basis the preconditioner is diagonal in, float64:
         ``U_B^T G U_A`` for ekfac, G itself for diag.
 
         Both come from the layer inputs A (L, in*k*k + 1) and output gradients D (L, out) of each example
-        (:func:`layer_activations`; G = D^T A), so ekfac rotates the factors, ``(D U_B)^T (A U_A)``, and never
-        multiplies a full G by U_A: for a dense layer (L = 1) that is (in + out)^2 work per example instead of
-        out * in^2. The bases come from float64 eigendecompositions; the products run as float32 GEMMs (the
-        gradients are float32 anyway).
+        (``activations``, else :func:`layer_activations` of ``x``; G = D^T A), so ekfac rotates the factors,
+        ``(D U_B)^T (A U_A)``, and never multiplies a full G by U_A. A dense layer (L = 1) stays a
+        :class:`RankOne` pair: its (out x in) gradient is never formed, which is most of the work per example at
+        the cpu profile's width. The bases come from float64 eigendecompositions; the products run as float32
+        GEMMs (the gradients are float32 anyway).
         """
-        out = {}
-        for n, (a, d) in layer_activations(model, x).items():
+        out: dict[str, torch.Tensor | RankOne] = {}
+        for n, (a, d) in (activations or layer_activations(model, x)).items():
             if self.preconditioner == "ekfac":
                 a = a @ stats[f"{n}.UA"].to(a.dtype)
                 d = d @ stats[f"{n}.UB"].to(d.dtype)
-            out[n] = torch.einsum("blo,bli->boi", d, a).double()
+            out[n] = RankOne(d[:, 0].double(), a[:, 0].double()) if a.shape[1] == 1 else \
+                torch.einsum("blo,bli->boi", d, a).double()
         return out
 
-    def _layer_scores(self, stats: dict[str, Any], rotated: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _layer_scores(self, stats: dict[str, Any], rotated: dict[str, torch.Tensor | RankOne]) -> torch.Tensor:
         """(B, layers) raw scores s_l from the rotated gradients."""
         cols = []
         for n, r in rotated.items():
-            s = (r**2 / stats[f"{n}.sigma"].clamp(min=EPS)).flatten(1).sum(1)
+            s = weighted_squares(r, 1.0 / stats[f"{n}.sigma"].clamp(min=EPS))
             if self.preconditioner == "diag" and self.diag_sqrt:
-                s = s.sqrt() / (2 * math.sqrt(r[0].numel()))
+                s = s.sqrt() / (2 * math.sqrt(stats[f"{n}.sigma"].numel()))
             cols.append(s)
         return torch.stack(cols, dim=1)
 
-    def layer_z_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, layers) z-normalised layer scores of prepared inputs."""
-        raw = self._layer_scores(self.stats_, self._rotated_gradients(self.stats_, self.backbone_, x))
+    def layer_z_scores(self, x: torch.Tensor, batch: Batch | None = None) -> torch.Tensor:
+        """(B, layers) z-normalised layer scores of prepared inputs ``x`` (of ``batch``, when given: then the
+        layer activations are shared with the next ROSE detector that scores the same batch on this backbone)."""
+        acts = None if batch is None else shared_activations(self.backbone_, self.weights_key_, batch, x)
+        raw = self._layer_scores(self.stats_, self._rotated_gradients(self.stats_, self.backbone_, x, acts))
         return (raw - self.stats_["mu"]) / self.stats_["sd"]
 
     def score(self, batch: Batch) -> dict[str, np.ndarray]:
-        z = self.layer_z_scores(self._model_input(batch))
+        z = self.layer_z_scores(self._model_input(batch), batch)
         if self.aggregation == "max":
             out = z.max(1).values
         else:
