@@ -3,9 +3,11 @@
 Usage: python benchmarks/keep_run.py RUN_DIR OUT_DIR
 
 Writes OUT_DIR/record.json (suite name and file name, profile, seeds, provenance, history with its per-step
-seconds, and the labels of the sets that were missing) and copies leaderboard.csv. run.json itself names
+seconds, the labels of the sets that were missing, and each backbone's training figures) and copies
+leaderboard.csv. run.json itself names
 checkpoint files, the data mirror and the suite file by absolute path and carries a checksum of all of it, so
-it is not committed; ``reproduction.py`` and ``rose_heads_doc.py`` read either file.
+it is not committed; ``reproduction.py`` reads either file, so docs/reproduction.md regenerates from the records
+kept in benchmarks/results/ without rerunning them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import shutil
 from pathlib import Path
 
 KEPT = ("suite", "profile", "seeds", "provenance", "history")
+BACKBONE_FIELDS = ("kind", "epochs_completed", "wall_time_s", "images_per_s", "num_threads", "best_val_bpd",
+                   "best_val_kl")
+"""What the docs' backbone tables show of each trained backbone (``results_table.backbones``)."""
 
 
 def record(run_dir: Path) -> dict:
@@ -24,6 +29,9 @@ def record(run_dir: Path) -> dict:
     kept = {k: plan[k] for k in KEPT}
     kept["suite_file"] = Path(plan["suite_file"]).name
     kept["missing"] = [{"ood_set": m["ood_set"]} for m in plan["missing"]]
+    kept["backbones"] = {name: {"metadata": {k: entry["metadata"][k] for k in BACKBONE_FIELDS
+                                             if k in entry["metadata"]}}
+                         for name, entry in plan.get("backbones", {}).items()}
     return kept
 
 
