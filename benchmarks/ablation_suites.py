@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--rose-profile", default="cpu-3seeds", help="the base suite's profile whose seeds ROSE uses")
     args = parser.parse_args()
     raw = yaml.safe_load(args.suite.read_text())
+    # the written suites live in OUT_DIR: the base suite's relative reference paths would not resolve there
+    raw["references"] = [str((args.suite.parent / ref).resolve()) for ref in raw.get("references", [])]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, suite in (("fmnist-bpvae-sweep.yaml", bpvae_sweep(raw, args.sweep_epochs)),
                         ("fmnist-ablations.yaml", ablations(raw)),
