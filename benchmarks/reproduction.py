@@ -1,11 +1,15 @@
 """Write docs/reproduction.md from cached runs: every seed-table row this harness reaches, ours against the paper's.
 
-Usage: python benchmarks/reproduction.py MAIN_RUN [--ablations RUN] [--sweep RUN] [--out docs/reproduction.md]
+Usage: python benchmarks/reproduction.py MAIN_RUN [--ablations RUN] [--sweep RUN] [--rose RUN]
+       [--heads RUN [SCORED_BY ...]] [--rose-epochs RUN] [--out docs/reproduction.md]
+       python benchmarks/reproduction.py MAIN_RUN --readme-table      (the README's table, printed)
 
-MAIN_RUN is a run of ``suites/fmnist.yaml --profile cpu-3seeds`` (three seeds); ``--ablations`` and ``--sweep``
-are runs of the suites ``benchmarks/ablation_suites.py`` writes. Every number comes from the runs'
-leaderboard.csv and run.json (cached scores, nothing is recomputed); the papers' numbers come from
-benchmarks/reference/*.csv, which cite their tables. ``benchmarks/reproduction.sh`` runs all three and this.
+MAIN_RUN is a run of ``suites/fmnist.yaml --profile cpu-3seeds`` (three seeds); ``--ablations``, ``--sweep``
+and ``--rose`` are runs of the suites ``benchmarks/ablation_suites.py`` writes; ``--heads`` and
+``--rose-epochs`` are the runs that compared ROSE's heads and chose its backbone's epochs. Each RUN is a run
+directory (run.json) or a record ``benchmarks/keep_run.py`` kept of one (record.json). Every number comes from
+the runs' leaderboard.csv and records (cached scores, nothing is recomputed); the papers' numbers come from
+benchmarks/reference/*.csv, which cite their tables. ``benchmarks/reproduction.sh`` runs them all and this.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ REFERENCES = ["seed001_table7_fmnist.csv", "seed000_fmnist.csv", "seed003_fmnist
 
 HVAE_DIFF = "[H]"
 VAE8_DIFF = "[V8]"
+ROSE_DIFF = "[V8C]"
 IC_DIFF = ("both terms in bits/dim; the paper's IC subtracts compressed bits from nats (its code's mix), so "
            "its numbers are not a target; ELBO (paper IWAE-20); " + VAE8_DIFF)
 LEGEND = {
@@ -33,6 +38,8 @@ LEGEND = {
                "norm, 4 epochs (paper 64 channels, 3 residual blocks per stage, 1000 epochs)",
     VAE8_DIFF: "8-bit VAE with a 5-component DLM head (paper: 256-way categorical), 28x28 inputs (paper 32x32), d = 16 "
                "(paper 100), convs 16/32 + dense 128, 4 epochs (paper 100), IWAE S = 16 (paper 20)",
+    ROSE_DIFF: "ROSE's 8-bit VAE: the same network with the paper's 256-way categorical head, 1 epoch (paper 100), "
+               "28x28 inputs (paper 32x32), d = 16 (paper 100)",
 }
 
 
@@ -79,10 +86,10 @@ ROWS = [
         "LR(Z): the posterior optimised, T = 20, S = 16 (paper LR_E: the encoder, T = 100, S = 1000); " + VAE8_DIFF),
     Row("ROSE", "ROSE, EKFAC (8-bit VAE)", "rose", "rose",
         ("mnist", "kmnist", "notmnist", "omniglot", "cifar10-gray", "uniform-noise", "constant"),
-        "every encoder layer, n_fit 1000 as the paper; " + VAE8_DIFF),
+        "every encoder layer, n_fit 1000 as the paper; " + ROSE_DIFF),
     Row("ROSE-DIAG", "ROSE, DIAG (8-bit VAE)", "rose_diag", "rose",
         ("mnist", "kmnist", "notmnist", "cifar10-gray", "uniform-noise", "constant"),
-        "every encoder layer; " + VAE8_DIFF),
+        "every encoder layer; " + ROSE_DIFF),
     Row("IC(png)", "IC(png), bits/dim (8-bit VAE)", "input_complexity", "ic_png",
         ("mnist", "kmnist", "notmnist", "omniglot"), IC_DIFF),
     Row("IC(jp2)", "IC(jp2), bits/dim (8-bit VAE)", "input_complexity", "ic_jp2",
@@ -205,19 +212,21 @@ def main() -> None:
     parser.add_argument("--ablations", type=Path)
     parser.add_argument("--sweep", type=Path)
     parser.add_argument("--rose", type=Path, help="the ROSE ablation run (n_fit x d x preconditioner, three seeds)")
-    parser.add_argument("--heads", type=Path, help="the ROSE-heads run (ROSE on the categorical-head 8-bit VAE)")
-    parser.add_argument("--replace", type=Path, nargs="*", default=[],
-                        help="runs of a subset of the main suite whose detectors' rows replace the main run's")
+    parser.add_argument("--heads", type=Path, nargs="+", default=[],
+                        help="the ROSE-heads run (ROSE and the NLL on the categorical-head 8-bit VAE, 4 epochs), then "
+                             "any runs of part of it whose scores were merged into its cache")
+    parser.add_argument("--rose-epochs", type=Path, help="the run that chose the categorical VAE's epochs")
     parser.add_argument("--out", type=Path, default=Path("docs/reproduction.md"))
     parser.add_argument("--notes", type=Path, default=Path(__file__).parent / "reproduction_notes.md",
                         help="hand-written sections (headings '## name'), spliced in by name")
+    parser.add_argument("--readme-table", action="store_true",
+                        help="print the README's table of MAIN_RUN and write nothing")
     args = parser.parse_args()
     ref = read_references([REFERENCE_DIR / name for name in REFERENCES])
     boards = {"main": leaderboard(args.main_run)}
-    for run in args.replace:
-        newer = leaderboard(run)
-        boards["main"] = pd.concat([boards["main"][~boards["main"]["detector"].isin(set(newer["detector"]))], newer],
-                                   ignore_index=True)
+    if args.readme_table:
+        print(readme_table(boards["main"], ref))
+        return
     if args.ablations:
         boards["ablations"] = leaderboard(args.ablations)
     notes = _sections(args.notes.read_text()) if args.notes.exists() else {}
@@ -230,9 +239,6 @@ def main() -> None:
     if seconds:
         out.append("- Seconds per seed (training + scoring, data loading apart): "
                    + ", ".join(f"seed {s}: {v:.0f} s ({v / 60:.1f} min)" for s, v in sorted(seconds.items())) + ".")
-    for run in args.replace:
-        detectors = ", ".join(f"`{d}`" for d in dict.fromkeys(leaderboard(run)["detector"]))
-        out.append(f"- Rows of {detectors} replaced by: {run_header(run)}")
     if args.ablations:
         out.append(f"- Ablation run: {run_header(args.ablations)}")
     if args.sweep:
@@ -240,7 +246,10 @@ def main() -> None:
     if args.rose:
         out.append(f"- ROSE ablation: {run_header(args.rose)}")
     if args.heads:
-        out.append(f"- ROSE heads: {run_header(args.heads)}")
+        out.append(f"- ROSE heads: {run_header(args.heads[0])}")
+        out += [f"  - scored in part by: {run_header(run)}" for run in args.heads[1:]]
+    if args.rose_epochs:
+        out.append(f"- ROSE epochs: {run_header(args.rose_epochs)}")
     out += ["", notes.get("commands", ""), "", "## Every seed-table row we reach", "",
             "Mean ± sample standard deviation over the seeds (AUROC, OOD positive). "
             + " ".join(marks.NOTES.values()), "",
@@ -253,8 +262,10 @@ def main() -> None:
                 ("NLL, 8-bit", "vae_likelihood", "iwae_bpd"),
                 ("LR(Z), 8-bit", "likelihood_regret", "regret"),
                 ("LR(Z), Bernoulli", "likelihood_regret_bernoulli", "regret"),
-                ("ROSE EKFAC, 8-bit", "rose", "rose"), ("ROSE EKFAC, Bernoulli", "rose_bernoulli", "rose"),
-                ("ROSE DIAG, 8-bit", "rose_diag", "rose"), ("ROSE DIAG, Bernoulli", "rose_diag_bernoulli", "rose"),
+                ("ROSE EKFAC, 8-bit (categorical, 1 epoch)", "rose", "rose"),
+                ("ROSE EKFAC, Bernoulli", "rose_bernoulli", "rose"),
+                ("ROSE DIAG, 8-bit (categorical, 1 epoch)", "rose_diag", "rose"),
+                ("ROSE DIAG, Bernoulli", "rose_diag_bernoulli", "rose"),
                 ("IC(png), 8-bit, uint8 PNG", "input_complexity", "ic_png"),
                 ("IC(jp2), 8-bit, uint8 JPEG 2000", "input_complexity", "ic_jp2"),
                 ("IC(png), Bernoulli HVAE, 1-bit PNG", "input_complexity_bernoulli", "ic_png"),
@@ -294,8 +305,15 @@ def main() -> None:
         out += ["", "### ROSE on the 8-bit VAE: fit size, latent size, preconditioner (three seeds)", "",
                 notes.get("rose", ""), "", rose_table(leaderboard(args.rose))]
     if args.heads:
-        out += ["", HEADS_TITLE, "", notes.get("heads", ""), "", heads_table(leaderboard(args.heads), main_board)]
-    plan = json.loads((args.main_run / "run.json").read_text())
+        out += ["", HEADS_TITLE, "", notes.get("heads", ""), "",
+                heads_table(leaderboard(args.heads[0]), main_board, leaderboard(args.rose) if args.rose else None)]
+    if args.rose_epochs:
+        board = leaderboard(args.rose_epochs)
+        out += ["", "### ROSE's categorical-head VAE: one or two epochs (seed 0)", "", notes.get("rose_epochs", ""),
+                "", wide_table(board, [(f"{p}, {n} epoch{'s' * (n > 1)}", f"{d}{n}", "rose")
+                                       for p, d in (("EKFAC", "rose"), ("DIAG", "rose_diag")) for n in (1, 2)],
+                               ["mnist"])]
+    plan = read_record(args.main_run)
     out += ["", "## Backbones of the main run", "", backbones(plan).to_markdown(index=False), "",
             notes.get("budget", ""), ""]
     args.out.write_text("\n".join(out).replace("\n\n\n", "\n\n"))
@@ -326,19 +344,46 @@ HEADS_TITLE = "### ROSE and the NLL on the 8-bit VAE: the reference's categorica
 HEAD_NAME = re.compile(r"(rose-ekfac|rose-diag|nll)-categorical-d(\d+)")
 
 
-def heads_table(board: pd.DataFrame, main: pd.DataFrame | None = None) -> str:
-    """The fmnist-rose-heads run's rows (categorical head), under the main run's DLM-head rows."""
+def heads_table(board: pd.DataFrame, main: pd.DataFrame | None = None, rose: pd.DataFrame | None = None) -> str:
+    """The fmnist-rose-heads run's rows (categorical head, 4 epochs) under the DLM-head rows of the same seeds
+    and examples: ROSE from the ROSE ablation run (d = 16, n_fit = 1000), the NLL from the main run."""
     sets = ["mnist", "notmnist", "omniglot", "cifar10-gray", "uniform-noise", "constant", "fashionmnist-train (sanity)"]
-    rows = [] if main is None else [("DLM (5 components), ROSE EKFAC", "rose", "rose"),
-                                    ("DLM (5 components), ROSE DIAG", "rose_diag", "rose"),
-                                    ("DLM (5 components), NLL", "vae_likelihood", "iwae_bpd")]
-    table = wide_table(main, rows, sets).splitlines() if rows else []
+    lines: list[str] = []
+    for source, rows in ((rose, [("DLM (5 components), ROSE EKFAC", "rose-ekfac-d16-n1000", "rose"),
+                                 ("DLM (5 components), ROSE DIAG", "rose-diag-d16-n1000", "rose")]),
+                         (main, [("DLM (5 components), NLL", "vae_likelihood", "iwae_bpd")])):
+        if source is not None:
+            lines += wide_table(source, rows, sets).splitlines()[2:]
     what = {"rose-ekfac": ("ROSE EKFAC", "rose"), "rose-diag": ("ROSE DIAG", "rose"), "nll": ("NLL", "iwae_bpd")}
     found = sorted((list(what).index(m[1]), int(m[2]), d) for d in board["detector"].unique()
                    if (m := HEAD_NAME.fullmatch(d)))
-    cat = wide_table(board, [(f"categorical, {what[list(what)[kind]][0]}, d = {d}", name, what[list(what)[kind]][1])
-                             for kind, d, name in found], sets).splitlines()
-    return "\n".join(table + cat[len(table) and 2:])
+    cat = wide_table(board, [(f"categorical (4 epochs), {what[list(what)[kind]][0]}, d = {d}", name,
+                              what[list(what)[kind]][1]) for kind, d, name in found], sets).splitlines()
+    return "\n".join(cat[:2] + lines + cat[2:])
+
+
+README_COLUMNS = [  # (label, detector, output, paper score, paper column label)
+    ("likelihood (IWAE)", "likelihood", "iwae_bpd", "L>0", "paper"),
+    ("LLR>1", "llr", "llr_k1", "LLR>1", "paper"),
+    ("LLR^ada, informative HVAE λ = 0.3", "llr_ada", "llr_ada", "LLR^ada (informative HVAE)", "paper (λ = 1)"),
+    ("LR(Z), 8-bit VAE", "likelihood_regret", "regret", "LR_E", "paper (LR_E)"),
+]
+README_SETS = [("MNIST", "mnist"), ("notMNIST", "notmnist"), ("Omniglot, inverted", "omniglot-inverted"),
+               ("FashionMNIST train (sanity, ≈ 0.5)", "fashionmnist-train (sanity)")]
+
+
+def readme_table(board: pd.DataFrame, ref: pd.DataFrame) -> str:
+    """The README's table of the main run: a few rows next to the papers' numbers (first source's value)."""
+    lines = ["| OOD set | " + " | ".join(f"{c[0]} | {c[4]}" for c in README_COLUMNS) + " |",
+             "|---" * (1 + 2 * len(README_COLUMNS)) + "|"]
+    for name, ood_set in README_SETS:
+        values = []
+        for _, detector, output, score, _ in README_COLUMNS:
+            hits = ref[(ref["score"] == score) & (ref["ood_set"] == ood_set)].dropna(subset=["auroc"])
+            values += [fmt(cell(board, detector, output, ood_set)),
+                       "–" if hits.empty else f"{hits['auroc'].iloc[0]:.3f}"]
+        lines.append(f"| {name} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
 
 
 def _sections(text: str) -> dict[str, str]:
@@ -393,6 +438,7 @@ def acceptance(boards: dict[str, pd.DataFrame], seconds: dict[int, float]) -> st
         lines.append(f"| wall time per seed, 2 cores | <= 30 min | {slowest / 60:.1f} min (slowest seed) | "
                      f"{'yes' if slowest <= 1800 else '**no**'} |")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

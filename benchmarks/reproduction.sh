@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# Regenerate docs/reproduction.md: the three-seed FashionMNIST run, the ablation and BPVAE-sweep runs, then the doc.
-# Usage: bash benchmarks/reproduction.sh [RESULTS_ROOT]   (default /tmp/ood-bench-reproduction; needs OOD_BENCH_MIRROR
-# on a machine without internet). Cached runs are reused: a second call recomputes nothing.
+# Regenerate docs/reproduction.md: the three-seed FashionMNIST run, the ablation, BPVAE-sweep and ROSE-ablation
+# runs, then the doc. Usage: bash benchmarks/reproduction.sh [RESULTS_ROOT]   (default /tmp/ood-bench-reproduction;
+# needs OOD_BENCH_MIRROR on a machine without internet). Cached runs are reused: a second call recomputes nothing.
+# The ROSE-heads and ROSE-epochs rows come from the runs' records kept in benchmarks/results/ (rerunning them is
+# `ood-bench run $ROOT/suites/fmnist-rose-heads.yaml` / `benchmarks/results/fmnist-rose-epochs/suite.yaml`, about
+# 75 / 13 minutes). With --from-records, every run is read from benchmarks/results/ and nothing runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=${1:-/tmp/ood-bench-reproduction}
-gen="$root/suites"
-.venv/bin/python benchmarks/ablation_suites.py "$gen"
-.venv/bin/ood-bench run suites/fmnist.yaml --profile cpu-3seeds --results "$root"
-.venv/bin/ood-bench run "$gen/fmnist-bpvae-sweep.yaml" --results "$root"
-.venv/bin/ood-bench run "$gen/fmnist-ablations.yaml" --results "$root"
-# ROSE's rows of the documented run were re-measured after its fit set was made disjoint from the sanity set
-# (ROSE v4), as a subset run; on a fresh root the main run already has them and this run only repeats them.
-.venv/bin/python benchmarks/suite_subset.py suites/fmnist.yaml --name fmnist-rose \
-    --detectors rose rose_diag rose_bernoulli rose_diag_bernoulli > "$gen/fmnist-rose.yaml"
-.venv/bin/ood-bench run "$gen/fmnist-rose.yaml" --profile cpu-3seeds --results "$root"
-.venv/bin/ood-bench run "$gen/fmnist-rose-ablations.yaml" --results "$root"
-.venv/bin/ood-bench run "$gen/fmnist-rose-heads.yaml" --results "$root"
-cd benchmarks
-../.venv/bin/python reproduction.py "$root/fmnist" --ablations "$root/fmnist-ablations" \
-    --sweep "$root/fmnist-bpvae-sweep" --rose "$root/fmnist-rose-ablations" --heads "$root/fmnist-rose-heads" \
-    --replace "$root/fmnist-rose" --out ../docs/reproduction.md
-../.venv/bin/python rose_heads_doc.py "$root/fmnist-rose-heads" --main "$root/fmnist" --out ../docs/rose-heads.md
+kept=benchmarks/results
+if [ "${1:-}" = "--from-records" ]; then
+    main=$kept/fmnist-cpu-3seeds ablations=$kept/fmnist-ablations sweep=$kept/fmnist-bpvae-sweep
+    rose=$kept/fmnist-rose-ablations
+else
+    root=${1:-/tmp/ood-bench-reproduction}
+    gen="$root/suites"
+    .venv/bin/python benchmarks/ablation_suites.py "$gen"
+    .venv/bin/ood-bench run suites/fmnist.yaml --profile cpu-3seeds --results "$root"
+    .venv/bin/ood-bench run "$gen/fmnist-ablations.yaml" --results "$root"
+    .venv/bin/ood-bench run "$gen/fmnist-bpvae-sweep.yaml" --results "$root"
+    .venv/bin/ood-bench run "$gen/fmnist-rose-ablations.yaml" --results "$root"
+    main=$root/fmnist ablations=$root/fmnist-ablations sweep=$root/fmnist-bpvae-sweep rose=$root/fmnist-rose-ablations
+fi
+.venv/bin/python benchmarks/reproduction.py "$main" --ablations "$ablations" --sweep "$sweep" --rose "$rose" \
+    --heads $kept/fmnist-rose-heads $kept/fmnist-nll-heads --rose-epochs $kept/fmnist-rose-epochs \
+    --out docs/reproduction.md
