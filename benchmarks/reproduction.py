@@ -256,7 +256,8 @@ def main() -> None:
             reproduction_table(boards, ref), "",
             *[f"- {key}: {text}." for key, text in LEGEND.items()], "", notes.get("why", ""), "",
             "## Acceptance criteria of issue 11", "", acceptance(boards, seconds), "", "## Ablations", "",
-            "### Bernoulli vs 8-bit backbone (same network and budget; the Bernoulli IC rows use the HVAE)", "",
+            "### Bernoulli vs 8-bit backbone (same network; 8-bit ROSE: categorical head; Bernoulli IC: the HVAE)",
+            "",
             notes.get("bernoulli", ""), "",
             wide_table(main_board, [
                 ("NLL, 8-bit", "vae_likelihood", "iwae_bpd"),
@@ -302,7 +303,7 @@ def main() -> None:
         out += ["", "### BPVAE: latent size d, simple-prior scale σ_s, simple-set polarity (one seed)", "",
                 notes.get("bpvae", ""), "", bpvae_sweep_table(leaderboard(args.sweep))]
     if args.rose:
-        out += ["", "### ROSE on the 8-bit VAE: fit size, latent size, preconditioner (three seeds)", "",
+        out += ["", "### ROSE on the DLM-head 8-bit VAE: fit size, latent size, preconditioner (three seeds)", "",
                 notes.get("rose", ""), "", rose_table(leaderboard(args.rose))]
     if args.heads:
         out += ["", HEADS_TITLE, "", notes.get("heads", ""), "",
