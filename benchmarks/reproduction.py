@@ -129,9 +129,14 @@ def fmt(row: pd.Series | None) -> str:
     return f"{text} {symbols}" if symbols else text
 
 
+def paper_hits(ref: pd.DataFrame, score: str, ood_set: str) -> pd.DataFrame:
+    """The reference rows that give a score's AUROC on a set (one per citing source)."""
+    return ref[(ref["score"] == score) & (ref["ood_set"] == ood_set)].dropna(subset=["auroc"])
+
+
 def paper_value(ref: pd.DataFrame, score: str, ood_set: str) -> str:
     """The papers' AUROC(s) of a score on a set, with their source, or "–"."""
-    hits = ref[(ref["score"] == score) & (ref["ood_set"] == ood_set)].dropna(subset=["auroc"])
+    hits = paper_hits(ref, score, ood_set)
     if hits.empty:
         return "–"
     return " / ".join(f"{v:.3f} ({s})" for v, s in zip(hits["auroc"], hits["source"], strict=True))
@@ -380,7 +385,7 @@ def readme_table(board: pd.DataFrame, ref: pd.DataFrame) -> str:
     for name, ood_set in README_SETS:
         values = []
         for _, detector, output, score, _ in README_COLUMNS:
-            hits = ref[(ref["score"] == score) & (ref["ood_set"] == ood_set)].dropna(subset=["auroc"])
+            hits = paper_hits(ref, score, ood_set)
             values += [fmt(cell(board, detector, output, ood_set)),
                        "–" if hits.empty else f"{hits['auroc'].iloc[0]:.3f}"]
         lines.append(f"| {name} | " + " | ".join(values) + " |")
